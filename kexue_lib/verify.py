@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import sympy
@@ -39,6 +40,16 @@ class Claim:
     statement: str
     refutes: bool = False
     checks: list = field(default_factory=list)
+
+
+class Estimate(NamedTuple):
+    """What :func:`monte_carlo` returns: unpacks as ``est, se = ...``; prints rounded."""
+
+    estimate: float
+    stderr: float
+
+    def __repr__(self) -> str:
+        return f"Estimate({self.estimate:.5f} +- {self.stderr:.5f})"
 
 
 @dataclass(frozen=True)
@@ -132,7 +143,7 @@ def _as_array(x) -> np.ndarray:
 
 
 def numeric(cid: str, value, expected, *, rtol: float = 1e-9, atol: float = 0.0, detail: str | None = None):
-    """Assert ``|value - expected| <= atol + rtol * |expected|`` elementwise; return ``value``."""
+    """Assert ``|value - expected| <= atol + rtol * |expected|`` elementwise."""
     _lookup(cid)
     if rtol < 0 or atol < 0 or (rtol == 0 and atol == 0):
         raise ValueError(f"{cid}: need rtol >= 0 and atol >= 0, not both zero (got rtol={rtol}, atol={atol})")
@@ -158,7 +169,6 @@ def numeric(cid: str, value, expected, *, rtol: float = 1e-9, atol: float = 0.0,
             detail = f"{v_b.size} values, max |error| {float(err.max()):.2g}"
         detail += f" (rtol={rtol:g}, atol={atol:g})"
     _record(cid, "numeric", detail)
-    return value
 
 
 def _rival_items(rivals):
@@ -188,7 +198,7 @@ def monte_carlo(
     Passes when ``|estimate - expected| <= z * stderr`` and ``|estimate - rival| > z * stderr``
     for every rival. ``rivals`` is a dict ``{name: value}`` or a list of values: the plausible
     wrong answers that the sample must be able to tell apart from the right one.
-    Returns ``(estimate, stderr)``.
+    Returns an :class:`Estimate` ``(estimate, stderr)``.
     """
     _lookup(cid)
     if expected is None:
@@ -233,7 +243,7 @@ def monte_carlo(
     )
     line = f"{head} vs expected {expected:.5f} ({dev / stderr if stderr else 0:.1f} se <= {z:g}); rejected: {rejected}"
     _record(cid, "monte carlo", f"{detail}: {line}" if detail else line)
-    return estimate, stderr
+    return Estimate(estimate, stderr)
 
 
 def figure(cid: str, caption: str) -> None:
