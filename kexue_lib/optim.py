@@ -1,0 +1,264 @@
+r"""Sign-based optimizers: Lion and Tiger.
+
+Articles: Google新搜出的优化器Lion (https://kexue.fm/archives/9473, 2023-02-16);
+Tiger:一个"抠"到极致的优化器 (https://kexue.fm/archives/9512, 2023-03-07);
+Lion/Tiger优化器训练下的Embedding异常和对策 (https://kexue.fm/archives/9736, 2023-08-28).
+Paper: X. Chen et al., *Symbolic Discovery of Optimization Algorithms*, arXiv:2302.06675.
+Tiger follows the reference implementation ``bojone/tiger`` (TensorFlow/Keras).
+
+**Lion** (decoupled weight decay multiplied by the learning rate; momentum updated *after* the step)
+
+.. math::
+
+    u_t = \operatorname{sign}(\beta_1 m_{t-1} + (1-\beta_1) g_t),\quad
+    \theta_t = \theta_{t-1} - \eta(u_t + \lambda\theta_{t-1}),\quad
+    m_t = \beta_2 m_{t-1} + (1-\beta_2) g_t .
+
+**Tiger** is Lion with :math:`\beta_1=\beta_2=\beta`, a learning rate relative to the
+parameter's RMS, and gradient accumulation folded into the momentum. At micro-step ``t``
+(counted from 0) with ``k = grad_accum_steps``:
+
+.. math::
+
+    m_t = b_t m_{t-1} + \tfrac{1-\beta}{k} g_t,\quad b_t = \beta \text{ if } t \bmod k = 0 \text{ else } 1,
+
+    \theta_t = \theta_{t-1} - \eta_t[\operatorname{sign}(m_t) + \lambda\theta_{t-1}]
+    \quad\text{only when } (t+1) \bmod k = 0,
+
+with :math:`\eta_t = \alpha\,\mathrm{RMS}(\theta_{t-1})` for matrices (row-wise RMS for
+embeddings) and :math:`\eta_t = \alpha/2`, :math:`\lambda = 0` for biases and normalization
+gains. If a gradient holds a NaN or an infinity, the momentum is kept and the weight shrinks
+instead: :math:`\theta_t = (\theta_{t-1} - c)s + c` with ``s = shrink_ratio``, ``c = 1`` for
+gains and 0 otherwise (the reference checks NaN only; we also catch infinities).
+
+Both steps run in place on any device and dtype; the only state is one momentum tensor per
+parameter (the sign is formed in one transient buffer). ``lazy_rows=True`` (a Tiger group
+option, article 9736's first counter-measure) updates only the rows of a matrix whose
+gradient row is non-zero, so that rows of unseen tokens neither move nor decay.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ._validate import check_int, check_real
+
+__all__ = ["lion_update_", "signum_update_", "tiger_update_", "amos_lion_hparams",
+           "Lion", "Tiger", "tiger_param_groups", "TIGER_KINDS"]
+
+TIGER_KINDS = ("auto", "matrix", "embedding", "bias", "gain", "plain")
+
+
+@torch.no_grad()
+def lion_update_(param, grad, exp_avg, *, lr: float, beta1: float, beta2: float, weight_decay: float = 0.0):
+    """One Lion step in place on ``param`` and its momentum ``exp_avg`` (same shape)."""
+    if weight_decay:
+        param.mul_(1.0 - lr * weight_decay)                  # theta <- theta (1 - eta lambda)
+    update = torch.mul(exp_avg, beta1)                        # the one transient buffer
+    update.add_(grad, alpha=1.0 - beta1).sign_()              # u = sign(b1 m + (1-b1) g)
+    param.add_(update, alpha=-lr)                             # theta <- theta - eta u
+    exp_avg.mul_(beta2).add_(grad, alpha=1.0 - beta2)         # m <- b2 m + (1-b2) g
+    return param
+
+
+@torch.no_grad()
+def signum_update_(param, grad, exp_avg, *, lr: float, beta: float):
+    """SIGNUM (Bernstein et al., arXiv:1802.04434): ``m <- b m + (1-b) g``, ``theta -= lr sign(m)``."""
+    exp_avg.mul_(beta).add_(grad, alpha=1.0 - beta)
+    param.sub_(lr * torch.sign(exp_avg))
+    return param
+
+
+def _row_rms(x):  # RMS over the last axis, shape (..., 1)
+    return torch.linalg.vector_norm(x, dim=-1, keepdim=True) / math.sqrt(x.shape[-1])
+
+
+def _resolve_kind(kind: str, param) -> str:
+    if kind == "auto":
+        return "matrix" if param.ndim >= 2 else "bias"
+    return kind
+
+
+@torch.no_grad()
+def tiger_update_(param, grad, exp_avg, *, lr: float, beta: float, weight_decay: float, kind: str = "auto",
+                  micro_step: int = 0, grad_accum_steps: int = 1, shrink_ratio: float = 0.99) -> bool:
+    """One Tiger micro-step in place; returns ``True`` when the non-finite guard fired.
+
+    ``kind`` sets the learning-rate rule: ``matrix`` (lr x RMS of the tensor), ``embedding``
+    (lr x RMS of each row), ``bias`` and ``gain`` (lr / 2, no decay; the guard shrinks gains
+    toward 1), ``plain`` (lr and decay as given), ``auto`` (matrix if 2-D or more, else bias).
+    """
+    kind = _resolve_kind(kind, param)
+    center = 1.0 if kind == "gain" else 0.0
+    lo, hi = torch.aminmax(grad) if grad.numel() else (grad.new_zeros(()), grad.new_zeros(()))
+    if not bool(torch.isfinite(lo) & torch.isfinite(hi)):  # NaN or inf: keep m, shrink theta
+        if center:
+            param.sub_(center).mul_(shrink_ratio).add_(center)
+        else:
+            param.mul_(shrink_ratio)
+        return True
+    k = grad_accum_steps
+    if micro_step % k == 0:
+        exp_avg.mul_(beta)                                    # b_t = beta on the first micro-step
+    exp_avg.add_(grad, alpha=(1.0 - beta) / k)                # + (1-beta)/k g
+    if (micro_step + 1) % k:
+        return False                                          # still accumulating: theta unchanged
+    if kind in ("bias", "gain"):
+        lr, weight_decay = 0.5 * lr, 0.0
+    elif kind == "matrix":
+        lr = lr * _row_rms(param.reshape(1, -1)).reshape(())  # 0-d tensor: no host sync
+    elif kind == "embedding":
+        lr = lr * _row_rms(param)                             # (rows, 1)
+    if weight_decay:
+        param.mul_(1.0 - lr * weight_decay)                   # theta (1 - eta lambda)
+    step = torch.sign(exp_avg)
+    if isinstance(lr, torch.Tensor):
+        step.mul_(lr)
+        param.sub_(step)
+    else:
+        param.add_(step, alpha=-lr)                           # - eta sign(m)
+    return False
+
+
+def amos_lion_hparams(alpha0: float, sigma: float) -> dict:
+    """Su's rule for Lion from the Amos recipe: ``lr = alpha0 sigma``, ``weight_decay = alpha0 / (2 sigma)``."""
+    alpha0 = check_real("alpha0", alpha0, low=0.0, low_open=True)
+    sigma = check_real("sigma", sigma, low=0.0, low_open=True)
+    return {"lr": alpha0 * sigma, "weight_decay": alpha0 / (2.0 * sigma)}
+
+
+def _dense_grad(p, name):
+    if p.grad.is_sparse:
+        raise ValueError(f"{name} does not support sparse gradients (use a dense nn.Embedding; Tiger has lazy_rows)")
+    return p.grad
+
+
+class Lion(torch.optim.Optimizer):
+    """Lion (arXiv:2302.06675), bit-for-bit the update of the paper's reference code."""
+
+    def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0):
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        g = self.param_groups[-1]
+        g["lr"] = check_real("lr", g["lr"], low=0.0, low_open=True)
+        if not isinstance(g["betas"], (tuple, list)) or len(g["betas"]) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {g['betas']!r}")
+        g["betas"] = tuple(check_real(f"beta{i + 1}", b, low=0.0, high=1.0, high_open=True)
+                           for i, b in enumerate(g["betas"]))
+        g["weight_decay"] = check_real("weight_decay", g["weight_decay"], low=0.0)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                lion_update_(p, _dense_grad(p, "Lion"), state["exp_avg"], lr=group["lr"], beta1=beta1,
+                             beta2=beta2, weight_decay=group["weight_decay"])
+        return loss
+
+
+class Tiger(torch.optim.Optimizer):
+    """Tiger (kexue.fm/archives/9512), faithful to the reference ``bojone/tiger``.
+
+    Call ``step()`` after every micro-batch's ``backward()`` and zero the gradients each time:
+    with ``grad_accum_steps = k`` the parameters move on every k-th call only, exactly as
+    Tiger on the mean of the k micro-batch gradients. Per-group options: ``kind`` (see
+    :func:`tiger_update_`; :func:`tiger_param_groups` sets it from a model) and ``lazy_rows``.
+    A learning-rate schedule is a ``torch.optim.lr_scheduler`` acting on ``group['lr']``.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, beta: float = 0.965, weight_decay: float = 0.01,
+                 grad_accum_steps: int = 1, shrink_ratio: float = 0.99):
+        defaults = dict(lr=lr, beta=beta, weight_decay=weight_decay, grad_accum_steps=grad_accum_steps,
+                        shrink_ratio=shrink_ratio, kind="auto", lazy_rows=False)
+        super().__init__(params, defaults)
+        self.guard_hits = 0  # how many (parameter, micro-step) pairs the non-finite guard caught
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        g = self.param_groups[-1]
+        g["lr"] = check_real("lr", g["lr"], low=0.0, low_open=True)
+        g["beta"] = check_real("beta", g["beta"], low=0.0, high=1.0, high_open=True)
+        g["weight_decay"] = check_real("weight_decay", g["weight_decay"], low=0.0)
+        g["grad_accum_steps"] = check_int("grad_accum_steps", g["grad_accum_steps"], min_value=1)
+        g["shrink_ratio"] = check_real("shrink_ratio", g["shrink_ratio"], low=0.0, high=1.0)
+        if g["kind"] not in TIGER_KINDS:
+            raise ValueError(f"kind must be one of {TIGER_KINDS}, got {g['kind']!r}")
+        if g["lazy_rows"] and g["grad_accum_steps"] != 1:
+            raise ValueError("lazy_rows needs grad_accum_steps == 1 (a row's accumulation window is ill-defined)")
+        g.setdefault("step", 0)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            opts = {k: group[k] for k in ("lr", "beta", "weight_decay", "grad_accum_steps", "shrink_ratio")}
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                grad, m, kind = _dense_grad(p, "Tiger"), state["exp_avg"], _resolve_kind(group["kind"], p)
+                if group["lazy_rows"] and p.ndim >= 2:
+                    if kind == "matrix":  # the RMS would have to be the whole tensor's, not the rows'
+                        raise ValueError("lazy_rows applies to kind='embedding' or 'plain' parameters")
+                    rows = grad.reshape(grad.shape[0], -1).ne(0).any(dim=1).nonzero().squeeze(1)
+                    if rows.numel() == 0:
+                        continue
+                    sub_p, sub_m = p.index_select(0, rows), m.index_select(0, rows)
+                    hit = tiger_update_(sub_p, grad.index_select(0, rows), sub_m, kind=kind, micro_step=0, **opts)
+                    p.index_copy_(0, rows, sub_p)
+                    m.index_copy_(0, rows, sub_m)
+                else:
+                    hit = tiger_update_(p, grad, m, kind=kind, micro_step=group["step"], **opts)
+                self.guard_hits += int(hit)
+            group["step"] += 1
+        return loss
+
+
+_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._BatchNorm)
+
+
+def tiger_param_groups(model: nn.Module, **options) -> list[dict]:
+    """Split ``model``'s parameters into Tiger groups by role (the reference matches names).
+
+    ``nn.Embedding`` weights -> ``embedding`` (row-wise RMS); normalization weights -> ``gain``;
+    every bias and normalization shift -> ``bias``; everything else -> ``matrix`` (``auto``
+    for 1-D leftovers). ``options`` (e.g. ``lazy_rows=True``) go to the embedding group only.
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+    buckets: dict[str, list] = {"embedding": [], "gain": [], "bias": [], "matrix": [], "auto": []}
+    seen: set[int] = set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if id(p) in seen or not p.requires_grad:
+                continue
+            seen.add(id(p))
+            if isinstance(module, nn.Embedding):
+                buckets["embedding"].append(p)
+            elif isinstance(module, _NORMS):
+                buckets["gain" if name == "weight" else "bias"].append(p)
+            elif name.endswith("bias"):
+                buckets["bias"].append(p)
+            else:
+                buckets["matrix" if p.ndim >= 2 else "auto"].append(p)
+    return [dict(params=ps, kind=kind, **(options if kind == "embedding" else {}))
+            for kind, ps in buckets.items() if ps]
