@@ -4,7 +4,27 @@ One module per concept, each naming the article(s) it serves:
 
 * :mod:`kexue_lib.verify`: the contract of a check (symbolic, numeric, Monte Carlo, summary).
 * :mod:`kexue_lib.runtime`: the FULL switch, device, seeds and progress bars for notebooks.
-* :mod:`kexue_lib.probability`: geometric probability (points of a disk in one sector).
+
+Part I, probability and generative models
+
+* :mod:`kexue_lib.probability`: n points of a disk in one sector (9324); re-exports the
+  argmax(mu + eps) distributions of :mod:`kexue_lib.discrete` (9085).
+* :mod:`kexue_lib.discrete`: discrete distributions from noisy argmax, by quadrature and Monte Carlo (9085).
+* :mod:`kexue_lib.diffusion`, :mod:`kexue_lib.denoisers`: DDPM schedule, loss, sampler; MLP and UNet (9119).
+* :mod:`kexue_lib.heat`: the linear feature-field predictor behind QB-Heat (9359).
+* :mod:`kexue_lib.self_consuming`: the self-consuming Gaussian loop and its exact recursions (9687).
+
+Part II, softmax and attention
+
+* :mod:`kexue_lib.attention`: softmax (SDPA, named scales), relu², linear and Performer attention (9034, 9019, 8338).
+* :mod:`kexue_lib.gau`: the gated attention unit (9019; FLASH).
+* :mod:`kexue_lib.jl`: Johnson-Lindenstrauss projections and distortion (9588).
+* :mod:`kexue_lib.cost`: FLOP model and wall-clock of a BERT-style layer (8610).
+* :mod:`kexue_lib.unargmaxable`: classes that can never win the argmax (9046).
+
+Part V, optimizers
+
+* :mod:`kexue_lib.optim`: Lion and Tiger (9473, 9512, 9736).
 """
 from . import runtime, verify
 

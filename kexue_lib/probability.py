@@ -178,3 +178,10 @@ def circle_spacings(n: int, trials: int, seed: int = 0, *, dtype: torch.dtype = 
     cuts = torch.rand(trials, n - 1, generator=gen, dtype=dtype).sort(dim=1).values
     edges = torch.cat([cuts.new_zeros(trials, 1), cuts, cuts.new_ones(trials, 1)], dim=1)
     return edges.diff(dim=1)
+
+
+# The argmax(mu + eps) distributions (article 9085) live in their own module; they are
+# probability constructions too, so they are reachable from here as well.
+from .discrete import argmax_probs, argmax_probs_mc  # noqa: E402
+
+__all__ += ["argmax_probs", "argmax_probs_mc"]
