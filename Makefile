@@ -25,7 +25,7 @@ book: install mathjax
 	@echo "The book is in _build/html: open _build/html/index.html in a browser."
 
 test: install mathjax
-	$(PY) -m pytest tests notebooks --nbval --nbval-current-env -p no:cacheprovider
+	$(PY) -m pytest tests notebooks --nbval --nbval-current-env -p no:cacheprovider --durations=30
 
 execute: install
 	$(PY) tools/execute_notebooks.py $(NOTEBOOKS)
