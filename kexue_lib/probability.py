@@ -33,8 +33,6 @@ from ._validate import check_int, check_real
 __all__ = ["sector_probability", "longest_spacing_cdf", "sector_probability_mc", "circle_spacings"]
 
 TWO_PI = 2 * math.pi
-# Pairwise test (no sort) for small n; sorting the angles wins beyond this.
-_PAIRWISE_MAX_N = 8
 
 
 def _spacing_tail(n: int, x):
@@ -104,30 +102,33 @@ def sector_probability(n: int, theta, exact: bool = False):
 
 
 def _disk_angles(count: int, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
-    """Polar angles of ``count`` points uniform in the unit disk, by rejection from the square."""
+    """Polar angles of ``count`` points uniform in the unit disk, by rejection from the square.
+
+    x and y are drawn as two contiguous rows (atan2 on strided columns is ~10x slower).
+    """
     out = torch.empty(count, dtype=dtype)
     filled = 0
     while filled < count:
         need = count - filled
-        pts = torch.rand(int(need * 1.3) + 64, 2, generator=gen, dtype=dtype).mul_(2).sub_(1)
-        pts = pts[pts.square().sum(1) <= 1][:need]
-        out[filled : filled + pts.shape[0]] = torch.atan2(pts[:, 1], pts[:, 0])
-        filled += pts.shape[0]
+        x, y = torch.rand(2, int(need * 1.3) + 64, generator=gen, dtype=dtype).mul_(2).sub_(1)
+        inside = (x * x + y * y <= 1).nonzero().squeeze(1)[:need]
+        taken = inside.shape[0]
+        torch.atan2(y.index_select(0, inside), x.index_select(0, inside), out=out[filled : filled + taken])
+        filled += taken
     return out
 
 
 def _in_one_sector(angles: torch.Tensor, theta: float) -> torch.Tensor:
-    """(trials, n) angles -> (trials,) bool: do the n points fit in one sector of angle theta?"""
-    n = angles.shape[1]
-    if n <= _PAIRWISE_MAX_N:
-        # A fitting sector can be rotated until its first edge touches a point i; then every
-        # point j satisfies (a_j - a_i) mod 2π <= theta. n^2 comparisons, no sort.
-        d = (angles.unsqueeze(1) - angles.unsqueeze(2)).remainder_(TWO_PI)  # (trials, i, j)
-        return (d <= theta).all(-1).any(-1)
-    a, _ = angles.sort(dim=1)
-    gaps = a.diff(dim=1).amax(dim=1)
-    wrap = TWO_PI - (a[:, -1] - a[:, 0])
-    return torch.maximum(gaps, wrap) >= TWO_PI - theta
+    """(trials, n) angles -> (trials,) bool: do the n points fit in one sector of angle theta?
+
+    They do exactly when the largest of the n circular gaps between sorted angles (the wrap-around
+    gap included) is at least 2π - theta.
+    """
+    if angles.shape[1] == 1:
+        return torch.ones(angles.shape[0], dtype=torch.bool)
+    a = angles.sort(dim=1).values
+    largest = torch.maximum(a.diff(dim=1).amax(dim=1), TWO_PI - (a[:, -1] - a[:, 0]))
+    return largest >= TWO_PI - theta
 
 
 def sector_probability_mc(
