@@ -32,7 +32,9 @@ instead: :math:`\theta_t = (\theta_{t-1} - c)s + c` with ``s = shrink_ratio``, `
 gains and 0 otherwise (the reference checks NaN only; we also catch infinities).
 
 Both steps run in place on any device and dtype; the only state is one momentum tensor per
-parameter (the sign is formed in one transient buffer). ``lazy_rows=True`` (a Tiger group
+parameter. The sign is formed in a scratch buffer that the optimizer allocates once per device
+and dtype, sized to the largest parameter and reused by every parameter at every step, so a
+step allocates nothing per parameter. ``lazy_rows=True`` (a Tiger group
 option, article 9736's first counter-measure) updates only the rows of a matrix whose
 gradient row is non-zero, so that rows of unseen tokens neither move nor decay.
 """
@@ -52,11 +54,16 @@ TIGER_KINDS = ("auto", "matrix", "embedding", "bias", "gain", "plain")
 
 
 @torch.no_grad()
-def lion_update_(param, grad, exp_avg, *, lr: float, beta1: float, beta2: float, weight_decay: float = 0.0):
-    """One Lion step in place on ``param`` and its momentum ``exp_avg`` (same shape)."""
+def lion_update_(param, grad, exp_avg, *, lr: float, beta1: float, beta2: float, weight_decay: float = 0.0,
+                 buf=None):
+    """One Lion step in place on ``param`` and its momentum ``exp_avg`` (same shape).
+
+    ``buf``, a tensor of the same shape, dtype and device, receives the sign (a fresh
+    temporary when ``None``); its content on entry is ignored.
+    """
     if weight_decay:
         param.mul_(1.0 - lr * weight_decay)                  # theta <- theta (1 - eta lambda)
-    update = torch.mul(exp_avg, beta1)                        # the one transient buffer
+    update = torch.mul(exp_avg, beta1) if buf is None else torch.mul(exp_avg, beta1, out=buf)
     update.add_(grad, alpha=1.0 - beta1).sign_()              # u = sign(b1 m + (1-b1) g)
     param.add_(update, alpha=-lr)                             # theta <- theta - eta u
     exp_avg.mul_(beta2).add_(grad, alpha=1.0 - beta2)         # m <- b2 m + (1-b2) g
@@ -83,12 +90,13 @@ def _resolve_kind(kind: str, param) -> str:
 
 @torch.no_grad()
 def tiger_update_(param, grad, exp_avg, *, lr: float, beta: float, weight_decay: float, kind: str = "auto",
-                  micro_step: int = 0, grad_accum_steps: int = 1, shrink_ratio: float = 0.99) -> bool:
+                  micro_step: int = 0, grad_accum_steps: int = 1, shrink_ratio: float = 0.99, buf=None) -> bool:
     """One Tiger micro-step in place; returns ``True`` when the non-finite guard fired.
 
     ``kind`` sets the learning-rate rule: ``matrix`` (lr x RMS of the tensor), ``embedding``
     (lr x RMS of each row), ``bias`` and ``gain`` (lr / 2, no decay; the guard shrinks gains
     toward 1), ``plain`` (lr and decay as given), ``auto`` (matrix if 2-D or more, else bias).
+    ``buf`` (same shape, dtype and device as ``param``) receives the sign, as in :func:`lion_update_`.
     """
     kind = _resolve_kind(kind, param)
     center = 1.0 if kind == "gain" else 0.0
@@ -113,7 +121,7 @@ def tiger_update_(param, grad, exp_avg, *, lr: float, beta: float, weight_decay:
         lr = lr * _row_rms(param)                             # (rows, 1)
     if weight_decay:
         param.mul_(1.0 - lr * weight_decay)                   # theta (1 - eta lambda)
-    step = torch.sign(exp_avg)
+    step = torch.sign(exp_avg) if buf is None else torch.sign(exp_avg, out=buf)
     if isinstance(lr, torch.Tensor):
         step.mul_(lr)
         param.sub_(step)
@@ -127,6 +135,18 @@ def amos_lion_hparams(alpha0: float, sigma: float) -> dict:
     alpha0 = check_real("alpha0", alpha0, low=0.0, low_open=True)
     sigma = check_real("sigma", sigma, low=0.0, low_open=True)
     return {"lr": alpha0 * sigma, "weight_decay": alpha0 / (2.0 * sigma)}
+
+
+def _scratch(opt, p):
+    """A reusable buffer shaped like ``p``: one flat tensor per (device, dtype), grown to the largest
+    parameter on first use and shared by every parameter and step (not part of the state_dict)."""
+    bufs = opt.__dict__.setdefault("_scratch_bufs", {})
+    key = (p.device, p.dtype)
+    flat = bufs.get(key)
+    if flat is None or flat.numel() < p.numel():
+        flat = bufs[key] = torch.empty(max(p.numel() for g in opt.param_groups for p in g["params"]
+                                           if (p.device, p.dtype) == key), device=p.device, dtype=p.dtype)
+    return flat[: p.numel()].view(p.shape)
 
 
 def _dense_grad(p, name):
@@ -166,7 +186,7 @@ class Lion(torch.optim.Optimizer):
                 if not state:
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 lion_update_(p, _dense_grad(p, "Lion"), state["exp_avg"], lr=group["lr"], beta1=beta1,
-                             beta2=beta2, weight_decay=group["weight_decay"])
+                             beta2=beta2, weight_decay=group["weight_decay"], buf=_scratch(self, p))
         return loss
 
 
@@ -227,7 +247,8 @@ class Tiger(torch.optim.Optimizer):
                     p.index_copy_(0, rows, sub_p)
                     m.index_copy_(0, rows, sub_m)
                 else:
-                    hit = tiger_update_(p, grad, m, kind=kind, micro_step=group["step"], **opts)
+                    hit = tiger_update_(p, grad, m, kind=kind, micro_step=group["step"], buf=_scratch(self, p),
+                                        **opts)
                 self.guard_hits += int(hit)
             group["step"] += 1
         return loss

@@ -351,3 +351,22 @@ def test_tiger_update_functional_core_reports_guard():
     assert tiger_update_(p, torch.tensor([0.0, float("nan"), 1.0]), m, lr=0.1, beta=0.9, weight_decay=0.0,
                          kind="plain", shrink_ratio=0.5)
     assert torch.equal(p, torch.full((3,), 0.5)) and torch.equal(m, torch.zeros(3))
+
+
+def test_steps_reuse_one_scratch_buffer():
+    """The sign is formed in one buffer per (device, dtype), sized to the largest parameter and
+    reused by every parameter and step: a step allocates nothing per parameter."""
+    from kexue_lib.optim import Lion, Tiger
+
+    model = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Linear(5, 3))
+    for opt in (Lion(model.parameters(), lr=1e-3), Tiger(model.parameters(), lr=1e-3)):
+        seen = set()
+        for _ in range(3):
+            model.zero_grad()
+            model(torch.randn(4, 7)).square().sum().backward()
+            opt.step()
+            (flat,) = opt._scratch_bufs.values()
+            seen.add(flat.data_ptr())
+        assert flat.numel() == max(p.numel() for p in model.parameters())
+        assert len(seen) == 1
+        assert "_scratch_bufs" not in opt.state_dict()["state"]
