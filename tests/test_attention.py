@@ -166,6 +166,9 @@ def test_every_causal_variant_ignores_the_future(name, n, t, seed):
     t = min(t, n - 1)
     q, k, v = qkv(b=1, h=2, n=n, seed=seed, dtype=torch.float32)
     k2, v2 = _future_edit(k, v, t, seed + 1)
+    # The edited key at position t points along q_t, so its score is positive for every variant: relu^2 would
+    # otherwise zero a negative score and the "edit reaches the present" half could not see the change.
+    k2[..., t, :] = 3 * q[..., t, :]
     fn = CAUSAL_VARIANTS[name]
     before, after = fn(q, k, v), fn(q, k2, v2)
     torch.testing.assert_close(after[..., :t, :], before[..., :t, :], rtol=0, atol=1e-6)
