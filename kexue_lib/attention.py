@@ -306,3 +306,44 @@ def performer_variance(q: torch.Tensor, k: torch.Tensor, m: int, *, orthogonal: 
         pairs = sum(b * (b - 1) for b in [d] * (m // d) + [m % d])
         var += pairs * math.exp(2 * qk) * (math.exp(-a2) * _orthogonal_pair_moment(a2, d) - 1)
     return var / m**2
+
+
+def softmax_entropy_expansion(lam: float, *, moments=None) -> tuple[float, float]:
+    r"""``(h, c)`` with :math:`\mathbb E H = \log n + h + c/n + O(n^{-2})` for ``softmax(lam * s)`` over n i.i.d. scores.
+
+    With :math:`S_0=\sum_i e^{\lambda s_i}`, :math:`S_1=\sum_i s_ie^{\lambda s_i}` the entropy is exactly
+    :math:`H=\log S_0-\lambda S_1/S_0`; expanding both terms to second order about their means gives, with
+    :math:`m_0=\mathbb E e^{\lambda s}`, :math:`m_1=\mathbb E[se^{\lambda s}]`,
+    :math:`V_0=\mathbb E e^{2\lambda s}-m_0^2`, :math:`C_{01}=\mathbb E[se^{2\lambda s}]-m_0m_1`,
+
+    .. math:: h=\log m_0-\lambda\frac{m_1}{m_0},\qquad
+              c=-\frac{V_0}{2m_0^2}-\lambda\Big(\frac{m_1V_0}{m_0^3}-\frac{C_{01}}{m_0^2}\Big).
+
+    ``moments``: a callable ``t -> (E e^{t s}, E[s e^{t s}])`` for the law of the scores (it is called at
+    ``t = lam`` and ``2 lam``); ``None`` means standard Gaussian scores, where
+    :math:`h=-\lambda^2/2` and :math:`c=\lambda^2e^{\lambda^2}-\frac12(e^{\lambda^2}-1)`
+    (for :math:`\mathcal N(0,\sigma^2)` scores pass ``lam * sigma``). The expansion is useful only while
+    ``|c|/n`` is small, i.e. ``n`` well above :math:`e^{\lambda^2}` for Gaussian scores.
+    """
+    lam = check_real("lam", lam, low=0.0)
+    try:
+        if moments is None:
+            e = math.exp(lam * lam)
+            h, c = -lam * lam / 2, lam * lam * e - (e - 1) / 2
+        else:
+            if not callable(moments):
+                raise ValueError(f"moments must be None or a callable t -> (E e^(ts), E s e^(ts)), got {moments!r}")
+            (m0, m1), (w2, sw2) = (tuple(map(float, moments(t))) for t in (lam, 2 * lam))
+            if not (m0 > 0 and w2 > 0 and all(map(math.isfinite, (m0, m1, w2, sw2)))):
+                raise ValueError(f"moments must return finite values with E e^(ts) > 0, got {(m0, m1)} and {(w2, sw2)}")
+            v0, c01 = w2 - m0 * m0, sw2 - m0 * m1
+            h = math.log(m0) - lam * m1 / m0
+            c = -v0 / (2 * m0 * m0) - lam * (m1 * v0 / m0**3 - c01 / (m0 * m0))
+    except OverflowError as err:
+        raise ValueError(f"lam = {lam} is too large: the moments overflow a float") from err
+    if not (math.isfinite(h) and math.isfinite(c)):
+        raise ValueError(f"lam = {lam} is too large: the expansion is not finite")
+    return h, c
+
+
+__all__ += ["softmax_entropy_expansion"]

@@ -338,3 +338,72 @@ def test_performer_variance_closed_forms():
 def test_performer_variance_bad_input(call):
     with pytest.raises(ValueError):
         call()
+
+
+# ---------------------------------------------------------------- finite-n entropy expansion
+from kexue_lib.attention import softmax_entropy_expansion  # noqa: E402
+
+
+def _bernoulli_moments(q):
+    return lambda t: (1 - q + q * math.exp(t), q * math.exp(t))
+
+
+@pytest.mark.parametrize("lam,q", [(1.0, 0.3), (2.0, 0.1)])
+def test_entropy_expansion_exact_for_bernoulli_scores(lam, q):
+    """Scores in {0, 1}: E[H] is an exact binomial sum, so n (E H - log n - h) -> c can be checked to 1e-4."""
+    from scipy.stats import binom
+    h, c = softmax_entropy_expansion(lam, moments=_bernoulli_moments(q))
+    assert h == pytest.approx(math.log(1 - q + q * math.exp(lam)) - lam * q * math.exp(lam) / (1 - q + q * math.exp(lam)))
+
+    def scaled_gap(n):  # n (E H - log n - h) = c + O(1/n)
+        k = torch.arange(n + 1, dtype=F64)
+        z = k * math.exp(lam) + (n - k)
+        hk = torch.log(z) - lam * k * math.exp(lam) / z
+        return n * (float((torch.from_numpy(binom.pmf(k.numpy(), n, q)) * hk).sum()) - math.log(n) - h)
+
+    r1, r2 = scaled_gap(1000), scaled_gap(2000)
+    assert abs(r2 - c) < 0.6 * abs(r1 - c)  # the remainder shrinks like 1/n
+    assert 2 * r2 - r1 == pytest.approx(c, rel=1e-4)  # Richardson: the 1/n remainder removed
+
+
+def test_entropy_expansion_gaussian_closed_form_and_monte_carlo():
+    from scipy.integrate import quad
+
+    def gauss_moments(t):
+        pdf = lambda s: math.exp(-s * s / 2) / math.sqrt(2 * math.pi)  # noqa: E731
+        return (quad(lambda s: math.exp(t * s) * pdf(s), -40, 40)[0],
+                quad(lambda s: s * math.exp(t * s) * pdf(s), -40, 40)[0])
+
+    for lam in (0.0, 0.5, 1.0, 2.0):
+        h, c = softmax_entropy_expansion(lam)
+        assert h == pytest.approx(-lam**2 / 2, abs=1e-12)
+        assert c == pytest.approx(lam**2 * math.exp(lam**2) - math.expm1(lam**2) / 2, abs=1e-12)
+        h_g, c_g = softmax_entropy_expansion(lam, moments=gauss_moments)
+        assert (h_g, c_g) == (pytest.approx(h, abs=1e-9), pytest.approx(c, rel=1e-7, abs=1e-9))
+    # Monte Carlo at lam = 0.5, Richardson over n = 8, 16 (the O(1/n^2) rest is ~3e-4, far below 4 se)
+    lam, g = 0.5, torch.Generator().manual_seed(0)
+    h, c = softmax_entropy_expansion(lam)
+    est, var = 0.0, 0.0
+    for n, weight in ((8, -1.0), (16, 2.0)):
+        rows = 4_000_000 // n
+        ent = attention_entropy(lam * torch.randn(rows, n, dtype=F64, generator=g), logits=True)
+        est += weight * n * (float(ent.mean()) - math.log(n) - h)
+        var += (weight * n) ** 2 * float(ent.var()) / rows
+    se = math.sqrt(var)
+    assert abs(est - c) < 4 * se
+    for rival in (0.0, -c, -math.expm1(lam**2) / 2, lam**2 * math.exp(lam**2)):  # no term, sign, half the terms
+        assert abs(est - rival) > 4 * se
+
+
+@pytest.mark.parametrize("call", [
+    lambda: softmax_entropy_expansion(-0.1),
+    lambda: softmax_entropy_expansion(float("nan")),
+    lambda: softmax_entropy_expansion("1"),
+    lambda: softmax_entropy_expansion(40.0),
+    lambda: softmax_entropy_expansion(1.0, moments=3.0),
+    lambda: softmax_entropy_expansion(1.0, moments=lambda t: (0.0, 1.0)),
+    lambda: softmax_entropy_expansion(1.0, moments=lambda t: (float("inf"), 1.0)),
+])
+def test_entropy_expansion_bad_input(call):
+    with pytest.raises(ValueError):
+        call()
