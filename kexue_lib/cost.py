@@ -16,7 +16,7 @@ and an FFN ``r`` times wider (``r = 4``):
 Self-attention costs more than the FFN iff :math:`n > (r-2)hd` (``2hd = 1536`` for BERT-base), and
 the quadratic term outweighs everything linear iff :math:`n > (r+2)hd` (``6hd = 4608``). Linear
 attention with features of size ``m`` and values of size ``d_v`` costs :math:`2nm d_v` per head
-(plus :math:`2nm` for the normalizer), against :math:`2n^2 d` for softmax attention.
+(plus :math:`nm` for the normalizer :math:`\phi(Q)\sum_j\phi(k_j)`), against :math:`2n^2 d` for softmax attention.
 
 :class:`BertLayer` is the real layer (attention through :func:`kexue_lib.attention.softmax_attention`,
 i.e. SDPA, or through explicit matmuls); :func:`count_flops` runs any callable under

@@ -28,9 +28,9 @@ from fractions import Fraction
 import sympy
 import torch
 
-from ._validate import check_int, check_real
+from ._validate import check_int, check_real, check_tensor
 
-__all__ = ["sector_probability", "longest_spacing_cdf", "sector_probability_mc", "circle_spacings"]
+__all__ = ["sector_probability", "longest_spacing_cdf", "sector_probability_mc", "circle_spacings", "in_one_sector"]
 
 TWO_PI = 2 * math.pi
 
@@ -125,10 +125,22 @@ def _in_one_sector(angles: torch.Tensor, theta: float) -> torch.Tensor:
     gap included) is at least 2π - theta.
     """
     if angles.shape[1] == 1:
-        return torch.ones(angles.shape[0], dtype=torch.bool)
+        return torch.ones(angles.shape[0], dtype=torch.bool, device=angles.device)
     a = angles.sort(dim=1).values
     largest = torch.maximum(a.diff(dim=1).amax(dim=1), TWO_PI - (a[:, -1] - a[:, 0]))
     return largest >= TWO_PI - theta
+
+
+def in_one_sector(angles: torch.Tensor, theta: float) -> torch.Tensor:
+    """For each row of ``angles`` (shape (trials, n), radians in [0, 2π)): do the n points fit in one sector
+    of central angle ``theta``? The largest-gap criterion that `sector_probability_mc` uses, with input checks."""
+    angles = check_tensor("angles", angles, ndim=2, floating=True)
+    if angles.shape[1] < 1:
+        raise ValueError(f"angles must have at least one column (one point per trial), got shape {tuple(angles.shape)}")
+    theta = check_real("theta", theta, low=0.0, high=TWO_PI)
+    if angles.numel() and not bool(((angles >= 0) & (angles < TWO_PI)).all()):
+        raise ValueError("angles must lie in [0, 2*pi) (reduce them with torch.remainder(angles, 2 * math.pi))")
+    return _in_one_sector(angles, theta)
 
 
 def sector_probability_mc(

@@ -320,23 +320,26 @@ def min_norm_in_hull(W: torch.Tensor, iters: int = 500) -> tuple[torch.Tensor, t
     return x, upper, lower
 
 
-def gaussian_hull_expected_vertices(n: int, d: int) -> float:
+def gaussian_hull_expected_vertices(n: int, d: int, *, power: int | None = None) -> float:
     r"""Exact E[number of hull vertices] of ``n`` i.i.d. standard Gaussian points in ``R^d``, ``d <= 3``.
 
     :math:`\mathbb E F = 2\binom{n}{d}\int \Phi(h)^{n-d}\, N(h; 0, 1/d)\, dh`; vertices ``= F`` for
     ``d = 2`` and ``F/2 + 2`` for ``d = 3`` (simplicial polytope); 2 for ``d = 1``.
+    ``power`` replaces the exponent ``n - d`` (default) by another one: an off-by-one slip in the
+    derivation, kept so that a check can show such a slip is rejected.
 
     >>> round(gaussian_hull_expected_vertices(3, 2), 6)
     3.0
     """
     d = check_int("d", d, min_value=1, max_value=3)
     n = check_int("n", n, min_value=d + 1)
+    power = n - d if power is None else check_int("power", power, min_value=0)
     if d == 1:
         return 2.0
     sd = 1.0 / math.sqrt(d)
 
     def f(h):
-        return math.exp((n - d) * special.log_ndtr(h) - 0.5 * (h / sd) ** 2) / (sd * math.sqrt(2 * math.pi))
+        return math.exp(power * special.log_ndtr(h) - 0.5 * (h / sd) ** 2) / (sd * math.sqrt(2 * math.pi))
 
     peak = sd * math.sqrt(2 * math.log(n))
     value, _ = integrate.quad(f, -12 * sd, 12 * sd, points=[0.0, peak], limit=500, epsabs=0, epsrel=1e-12)

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kexue_lib.probability import (circle_spacings, longest_spacing_cdf, sector_probability,
+from kexue_lib.probability import (circle_spacings, in_one_sector, longest_spacing_cdf, sector_probability,
                                    sector_probability_mc)
 
 TWO_PI = 2 * math.pi
@@ -151,3 +151,28 @@ def test_exact_arithmetic_has_no_cancellation():
     x = 1 - t
     ref = sum((-1) ** (k - 1) * math.comb(n, k) * (1 - k * x) ** (n - 1) for k in range(1, n + 1) if k * x < 1)
     assert sector_probability(n, float(2 * math.pi * t)) == pytest.approx(float(ref), rel=1e-9)
+
+
+def test_in_one_sector_matches_brute_force():
+    g = torch.Generator().manual_seed(3)
+    for n, theta in [(1, 0.0), (2, 1.0), (3, math.pi), (5, 4.0), (6, 2 * math.pi - 0.3)]:
+        a = torch.rand(4000, n, generator=g, dtype=torch.float64) * 2 * math.pi
+        # brute force: some point i such that every point lies within theta counter-clockwise of it
+        rel = torch.remainder(a[:, None, :] - a[:, :, None], 2 * math.pi)
+        brute = (rel <= theta).all(dim=2).any(dim=1)
+        assert torch.equal(in_one_sector(a, theta), brute)
+    assert bool(in_one_sector(torch.tensor([[0.0, 3.0]]), 3.0)) and not bool(in_one_sector(torch.tensor([[0.0, 3.0]]), 2.9))
+
+
+@pytest.mark.parametrize("angles, theta", [
+    (torch.zeros(4), 1.0),                       # not (trials, n)
+    (torch.zeros(4, 0), 1.0),                    # no points
+    (torch.zeros(4, 2, dtype=torch.long), 1.0),  # not floating
+    (torch.full((2, 2), 7.0), 1.0),              # outside [0, 2pi)
+    (torch.full((2, 2), -0.1), 1.0),
+    (torch.zeros(2, 2), -1.0),                   # theta out of range
+    (torch.zeros(2, 2), 7.0),
+])
+def test_in_one_sector_bad_input(angles, theta):
+    with pytest.raises(ValueError):
+        in_one_sector(angles, theta)

@@ -126,6 +126,10 @@ def test_gaussian_hull_formula():
     assert gaussian_hull_expected_vertices(3, 2) == pytest.approx(3.0, abs=1e-9)  # a triangle
     assert gaussian_hull_expected_vertices(4, 3) == pytest.approx(4.0, abs=1e-9)  # a tetrahedron
     assert gaussian_hull_expected_vertices(100, 1) == 2.0
+    # the default exponent is n - d; another exponent moves the value (the off-by-one rival of the chapter)
+    assert gaussian_hull_expected_vertices(50, 3, power=47) == gaussian_hull_expected_vertices(50, 3)
+    assert gaussian_hull_expected_vertices(50, 2, power=49) < gaussian_hull_expected_vertices(50, 2) < \
+        gaussian_hull_expected_vertices(50, 2, power=47)
     rng = np.random.default_rng(11)
     for n, d in [(30, 2), (30, 3)]:
         counts = np.array([len(spatial.ConvexHull(rng.standard_normal((n, d))).vertices) for _ in range(1500)])
@@ -156,6 +160,8 @@ def test_gaussian_hull_formula():
         lambda: min_norm_in_hull(torch.ones(4, 3), iters=0),
         lambda: gaussian_hull_expected_vertices(10, 4),
         lambda: gaussian_hull_expected_vertices(3, 3),
+        lambda: gaussian_hull_expected_vertices(10, 2, power=-1),
+        lambda: gaussian_hull_expected_vertices(10, 2, power=2.5),
     ],
 )
 def test_bad_input_raises_value_error(call):
