@@ -149,6 +149,22 @@ def _scratch(opt, p):
     return flat[: p.numel()].view(p.shape)
 
 
+def _call_closure(closure):
+    """The usual ``torch.optim`` contract: re-evaluate the loss (with gradients) when a closure is given."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
+def _momentum(opt, p):
+    """The one state tensor of Lion and Tiger, created as zeros on first use."""
+    state = opt.state[p]
+    if not state:
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return state["exp_avg"]
+
+
 def _dense_grad(p, name):
     if p.grad.is_sparse:
         raise ValueError(f"{name} does not support sparse gradients (use a dense nn.Embedding; Tiger has lazy_rows)")
@@ -173,19 +189,13 @@ class Lion(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _call_closure(closure)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                state = self.state[p]
-                if not state:
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                lion_update_(p, _dense_grad(p, "Lion"), state["exp_avg"], lr=group["lr"], beta1=beta1,
+                lion_update_(p, _dense_grad(p, "Lion"), _momentum(self, p), lr=group["lr"], beta1=beta1,
                              beta2=beta2, weight_decay=group["weight_decay"], buf=_scratch(self, p))
         return loss
 
@@ -223,19 +233,13 @@ class Tiger(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _call_closure(closure)
         for group in self.param_groups:
             opts = {k: group[k] for k in ("lr", "beta", "weight_decay", "grad_accum_steps", "shrink_ratio")}
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                state = self.state[p]
-                if not state:
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                grad, m, kind = _dense_grad(p, "Tiger"), state["exp_avg"], _resolve_kind(group["kind"], p)
+                grad, m, kind = _dense_grad(p, "Tiger"), _momentum(self, p), _resolve_kind(group["kind"], p)
                 if group["lazy_rows"] and p.ndim >= 2:
                     if kind == "matrix":  # the RMS would have to be the whole tensor's, not the rows'
                         raise ValueError("lazy_rows applies to kind='embedding' or 'plain' parameters")
