@@ -31,7 +31,7 @@ from typing import NamedTuple
 import numpy as np
 import sympy
 
-__all__ = ["claim", "symbolic", "numeric", "monte_carlo", "figure", "summary", "reset", "records"]
+__all__ = ["claim", "symbolic", "numeric", "monte_carlo", "figure", "summary", "reset", "records", "roundoff"]
 
 
 @dataclass
@@ -83,6 +83,18 @@ def claim(cid: str, statement: str, *, refutes: bool = False) -> None:
     if cid in _CLAIMS:
         raise ValueError(f"claim {cid!r} is already registered")
     _CLAIMS[cid] = Claim(cid, statement, refutes)
+
+
+def roundoff(value: float, bound: float = 1e-10) -> str:
+    """A round-off size for a detail line, printed so that it reads the same on every machine.
+
+    Differences at the level of rounding depend on the CPU's vector instructions and thread count, and
+    nbval compares printed outputs exactly: below ``bound`` this gives ``"< 1e-10"``, above it the value.
+    """
+    value = abs(float(value))
+    if not (math.isfinite(bound) and bound > 0):
+        raise ValueError(f"bound must be a positive finite number, got {bound!r}")
+    return f"< {bound:.0e}" if value < bound else f"{value:.1e}"
 
 
 def _lookup(cid: str) -> Claim:

@@ -109,3 +109,12 @@ def test_summary_verdicts():
     assert verdicts == {"C1": "verified", "C2": "refuted", "C3": "UNCHECKED"}
     assert "| C1 | a test claim | 1 numeric | verified |" in table._repr_markdown_()
     assert "C3" in repr(table)
+
+
+def test_roundoff_hides_machine_dependent_digits():
+    assert verify.roundoff(1.1e-12) == verify.roundoff(3.7e-13) == "< 1e-10"
+    assert verify.roundoff(-2e-16, 1e-12) == "< 1e-12"
+    assert verify.roundoff(3e-9) == "3.0e-09"  # above the bound the value shows: a real difference is not hidden
+    for bad in (0.0, -1e-10, float("inf"), float("nan")):
+        with pytest.raises(ValueError):
+            verify.roundoff(1e-12, bad)
