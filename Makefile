@@ -54,7 +54,7 @@ check-portable: install
 	$(UNPINNED) ATEN_CPU_CAPABILITY=default $(PY) tools/execute_notebooks.py --check -j 2 $(NOTEBOOKS)
 
 bench: install
-	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done
+	$(PY) benchmarks/run_all.py
 
 clean:
 	rm -rf _build .jupyter_cache book/_static/mathjax

@@ -2,6 +2,7 @@
 with -W, every chapter page has its Colab launch and download buttons, and math renders offline."""
 import json
 import pathlib
+import os
 import re
 import shutil
 import socket
@@ -121,6 +122,21 @@ def test_notebook_header_and_colab_cell(path):
     assert "verify.summary()" in last, f"{path.name}: the last cell must show verify.summary()"
 
 
+def test_floating_point_path_is_pinned():
+    """Stored outputs reproduce only on the pinned floating-point path (the Makefile's FP_PINS): `make test` sets it."""
+    import platform
+
+    import torch
+
+    if os.environ.get("KEXUE_FP_PINNED") != "1":
+        pytest.fail("the floating-point path is not pinned: run the tests with `make test` (see the Makefile's FP_PINS)")
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert torch.backends.cpu.get_cpu_capability() == "AVX2", torch.backends.cpu.get_cpu_capability()
+        for key, value in (("ONEDNN_MAX_CPU_ISA", "AVX2"), ("MKL_CBWR", "AVX2"), ("OPENBLAS_CORETYPE", "Haswell")):
+            assert os.environ.get(key) == value, f"{key} is {os.environ.get(key)!r}, not {value!r}"
+    assert torch.get_num_threads() == 1
+
+
 def test_ledger_up_to_date():
     result = subprocess.run([sys.executable, str(ROOT / "tools" / "ledger.py"), "--check"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -165,8 +181,18 @@ def _chromium():
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-@pytest.mark.skipif(_chromium() is None, reason="headless Chromium is not installed (apt-get install chromium)")
+def _browser_or_skip():
+    """The browser's path; in CI (``CI`` set) a missing browser fails the test instead of skipping it."""
+    path = _chromium()
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but headless Chromium is not installed: .ci/run installs it (apt-get install chromium)")
+        pytest.skip("headless Chromium is not installed (apt-get install chromium)")
+    return path
+
+
 def test_math_renders_offline_in_a_browser(built_book):
+    browser = _browser_or_skip()
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args):
             pass
@@ -178,7 +204,7 @@ def test_math_renders_offline_in_a_browser(built_book):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
                "--virtual-time-budget=15000", "--dump-dom", f"http://127.0.0.1:{port}/notebooks/sector_probability.html"]
         dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
