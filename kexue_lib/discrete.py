@@ -52,7 +52,7 @@ class Noise:
     cdf: Callable[[Tensor], Tensor]
     logcdf: Callable[[Tensor], Tensor]
     icdf: Callable[[Tensor], Tensor]
-    full_support: bool  # density > 0 on all of R (needed for strict order preservation)
+    full_support: bool  # density > 0 on all of R (strict order preservation needs less: support unbounded on one side)
     std: float  # standard deviation of one draw (to compare families at equal noise scale)
 
     def sample(self, shape, *, generator=None, dtype=torch.float64, device=None) -> Tensor:

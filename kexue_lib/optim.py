@@ -48,7 +48,7 @@ from torch import nn
 from ._validate import check_int, check_real
 
 __all__ = ["lion_update_", "signum_update_", "tiger_update_", "amos_lion_hparams",
-           "Lion", "Tiger", "tiger_param_groups", "TIGER_KINDS"]
+           "Lion", "Tiger", "tiger_param_groups", "optimizer_state_numel", "TIGER_KINDS"]
 
 TIGER_KINDS = ("auto", "matrix", "embedding", "bias", "gain", "plain")
 
@@ -147,6 +147,37 @@ def _scratch(opt, p):
         flat = bufs[key] = torch.empty(max(p.numel() for g in opt.param_groups for p in g["params"]
                                            if (p.device, p.dtype) == key), device=p.device, dtype=p.dtype)
     return flat[: p.numel()].view(p.shape)
+
+
+def optimizer_state_numel(opt: torch.optim.Optimizer) -> int:
+    """Elements of every tensor ``opt`` keeps between steps, each storage counted once.
+
+    Counts the per-parameter state (``opt.state``) *and* tensors held as attributes of the
+    optimizer, such as the scratch buffer of :class:`Lion` and :class:`Tiger` (not part of the
+    state_dict, but memory all the same). The parameters themselves are not counted.
+    """
+    if not isinstance(opt, torch.optim.Optimizer):
+        raise ValueError(f"opt must be a torch.optim.Optimizer, got {type(opt).__name__}")
+    seen, total = set(), 0
+
+    def visit(x):
+        nonlocal total
+        if torch.is_tensor(x):
+            storage = x.untyped_storage()
+            key = (storage.data_ptr(), x.device)
+            if key not in seen:
+                seen.add(key)
+                total += storage.nbytes() // x.element_size()
+        elif isinstance(x, dict):
+            for v in x.values():
+                visit(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                visit(v)
+
+    visit(list(opt.state.values()))
+    visit([v for k, v in vars(opt).items() if k not in ("state", "param_groups", "defaults")])
+    return total
 
 
 def _call_closure(closure):

@@ -370,3 +370,21 @@ def test_steps_reuse_one_scratch_buffer():
         assert flat.numel() == max(p.numel() for p in model.parameters())
         assert len(seen) == 1
         assert "_scratch_bufs" not in opt.state_dict()["state"]
+
+
+def test_optimizer_state_numel_counts_state_and_scratch():
+    """Lion: momentum + one scratch as large as the largest parameter; AdamW: m, v and a step per tensor."""
+    from kexue_lib.optim import optimizer_state_numel
+
+    model = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Linear(5, 3))
+    n = sum(p.numel() for p in model.parameters())
+    big = max(p.numel() for p in model.parameters())
+    model(torch.randn(4, 7)).square().sum().backward()
+    lion, adamw = Lion(model.parameters(), lr=1e-3), torch.optim.AdamW(model.parameters())
+    assert optimizer_state_numel(lion) == 0  # nothing before the first step
+    lion.step()
+    adamw.step()
+    assert optimizer_state_numel(lion) == n + big
+    assert optimizer_state_numel(adamw) == 2 * n + len(list(model.parameters()))
+    with pytest.raises(ValueError):
+        optimizer_state_numel(model)
