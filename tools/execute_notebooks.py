@@ -33,6 +33,8 @@ def verdicts(nb):
             if md.startswith("| claim |") and "| verdict |" in md.splitlines()[0]:
                 table = {}
                 for line in md.splitlines()[2:]:
+                    if not line.startswith("|"):
+                        continue  # the tally line after the table
                     cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
                     table[cells[0]] = cells[-1]
     return table
