@@ -21,6 +21,7 @@ Part II, softmax and attention
 * :mod:`kexue_lib.jl`: Johnson-Lindenstrauss projections and distortion (9588).
 * :mod:`kexue_lib.cost`: FLOP model and wall-clock of a BERT-style layer (8610).
 * :mod:`kexue_lib.unargmaxable`: classes that can never win the argmax (9046).
+* :mod:`kexue_lib.losses`: training objectives: the symmetric InfoNCE loss (9593).
 
 Part V, optimizers
 
