@@ -18,7 +18,9 @@ with :math:`W_{u,v}\in\mathbb R^{d\times e}`, :math:`W_z\in\mathbb R^{d\times s}
 :math:`W_o\in\mathbb R^{e\times d}` and the attention matrix :math:`A` chosen by ``attention``:
 
 * ``"relu2"``: :math:`A = \mathrm{relu}^2(QK^\top/\sqrt s)/L` (the paper's), with ``length`` =
-  ``"actual"`` (L = number of visible keys) or a fixed training length;
+  ``"actual"`` (L = number of visible keys), a fixed training length, or ``"rowsum"``
+  (L = the row's own sum :math:`\sum_j \mathrm{relu}^2(q_i\cdot k_j/\sqrt s)`, the third fix of article
+  9019, see :func:`relu2_rowsum_weights`);
 * ``"softmax"``: :math:`A = \mathrm{softmax}(\lambda QK^\top)` with ``scale`` a number,
   ``"standard"``, ``"log_n"`` or ``"log512"`` (``base`` = the training length for the latter).
 
@@ -36,9 +38,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._validate import check_int, check_real, check_tensor
-from .attention import SCALES, relu2_attention, softmax_attention
+from .attention import SCALES, relu2_attention, relu2_weights, softmax_attention
 
-__all__ = ["rotary", "ScaleOffset", "GAU", "GAUEncoder", "ATTENTIONS"]
+__all__ = ["rotary", "relu2_rowsum_weights", "ScaleOffset", "GAU", "GAUEncoder", "ATTENTIONS"]
 
 ATTENTIONS = ("relu2", "softmax")
 
@@ -57,6 +59,18 @@ def rotary(x: torch.Tensor, *, theta: float = 10000.0) -> torch.Tensor:
     cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
     x1, x2 = x[..., 0::2], x[..., 1::2]
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+
+def relu2_rowsum_weights(q: torch.Tensor, k: torch.Tensor, *, causal: bool = False, mask=None) -> torch.Tensor:
+    r"""relu² attention normalized by its own row sum: :math:`a_{ij}=\mathrm{relu}^2(s_{ij})/\sum_{j'}\mathrm{relu}^2(s_{ij'})`.
+
+    The third fix of 听说Attention与Softmax更配哦~ (https://kexue.fm/archives/9019): a normalizer that
+    adapts to the row instead of dividing by the length. Any positive scale of the scores cancels (the
+    map is homogeneous), so none is taken. A row with no positive visible score is all zeros (as plain
+    relu² gives there), not NaN. ``q, k``: ``(..., n, s)``; ``mask`` as for :func:`relu2_weights`.
+    """
+    a = relu2_weights(q, k, length=1, scale=1.0, causal=causal, mask=mask)  # relu^2(q k^T), masked keys 0
+    return a / a.sum(-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
 
 
 class ScaleOffset(nn.Module):
@@ -105,9 +119,9 @@ class GAU(nn.Module):
         if self.attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
         if self.attention == "relu2":
-            if not (self.length == "actual" or (isinstance(self.length, int) and not isinstance(self.length, bool)
-                                                and self.length >= 1)):
-                raise ValueError(f"length must be 'actual' or a positive int, got {self.length!r}")
+            if not (self.length in ("actual", "rowsum") or (isinstance(self.length, int)
+                                                            and not isinstance(self.length, bool) and self.length >= 1)):
+                raise ValueError(f"length must be 'actual', 'rowsum' or a positive int, got {self.length!r}")
             if isinstance(self.scale, str) and self.scale != "standard":
                 raise ValueError(f"relu2 is homogeneous: a named scale {self.scale!r} makes no sense for it")
         elif isinstance(self.scale, str) and self.scale not in SCALES:
@@ -148,7 +162,9 @@ class GAU(nn.Module):
                 raise ValueError(f"mask must be a bool (batch, n) = {tuple(x.shape[:2])} tensor, got "
                                  f"{mask.dtype} {tuple(mask.shape)}")
             mask = mask[:, None, :].expand(-1, n, -1)  # (b, n_q, n_k)
-        if self.attention == "relu2":
+        if self.attention == "relu2" and self.length == "rowsum":
+            av = relu2_rowsum_weights(q, k, causal=self.causal, mask=mask) @ v
+        elif self.attention == "relu2":
             av = relu2_attention(q, k, v, length=self.length, scale=self.scale, causal=self.causal, mask=mask)
         else:
             av = softmax_attention(q, k, v, scale=self.scale, causal=self.causal, mask=mask, base=self.base)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kexue_lib.gau import GAU, ScaleOffset, rotary
+from kexue_lib.gau import GAU, ScaleOffset, relu2_rowsum_weights, rotary
 
 F64 = torch.float64
 
@@ -54,7 +54,8 @@ def ref_gau(unit, x, attention, causal, length="actual", mask=None):
             if attention == "softmax":
                 w = torch.softmax(s, 0)
             else:
-                w = torch.relu(s) ** 2 / (len(js) if length == "actual" else length)
+                w = torch.relu(s) ** 2
+                w = w / (len(js) if length == "actual" else max(float(w.sum()), 1e-300) if length == "rowsum" else length)
             av[bi, i] = sum(w[t] * v[bi, j] for t, j in enumerate(js))
     return (u * av) @ unit.out.weight.T
 
@@ -195,3 +196,45 @@ def test_encoder_shapes_normalization_and_bad_input():
         model(tokens.float())
     with pytest.raises(ValueError):
         GAUEncoder(0, 4)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_rowsum_normalization_matches_loop_reference_and_mask(causal):
+    """length='rowsum' (article 9019's third fix): relu^2 divided by its own row sum."""
+    unit = make(attention="relu2", causal=causal, length="rowsum")
+    x = x_in(n=9)
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[1, 5:] = False
+    with torch.no_grad():
+        torch.testing.assert_close(unit(x), ref_gau(unit, x, "relu2", causal, length="rowsum"), rtol=1e-10, atol=1e-12)
+        out = unit(x, mask=mask)
+        torch.testing.assert_close(out, ref_gau(unit, x, "relu2", causal, length="rowsum", mask=mask),
+                                   rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(out[1, :5], unit(x[1:, :5])[0], rtol=1e-10, atol=1e-12)
+
+
+def test_rowsum_weights_rows_sum_to_one_ignore_scale_and_zero_rows():
+    g = torch.Generator().manual_seed(3)
+    q, k = torch.randn(2, 6, 4, generator=g, dtype=F64), torch.randn(2, 6, 4, generator=g, dtype=F64)
+    w = relu2_rowsum_weights(q, k)
+    has_mass = (torch.relu(q @ k.transpose(-1, -2)) > 0).any(-1)
+    torch.testing.assert_close(w.sum(-1)[has_mass], torch.ones(int(has_mass.sum()), dtype=F64))
+    torch.testing.assert_close(relu2_rowsum_weights(7.5 * q, k), w)  # homogeneous: a temperature cancels
+    # the length does not enter: duplicating every key leaves each query's weights per distinct key halved
+    w2 = relu2_rowsum_weights(q, torch.cat([k, k], dim=-2))
+    torch.testing.assert_close(w2[..., :6] + w2[..., 6:], w)
+    # a query with no positive score gives a zero row, not NaN
+    qz = -k[:, :1].clone()
+    kz = k[:, :1]
+    assert torch.equal(relu2_rowsum_weights(qz, kz), torch.zeros(2, 1, 1, dtype=F64))
+    assert relu2_rowsum_weights(q.float(), k.float()).dtype == torch.float32
+
+
+def test_rowsum_gradients_are_finite():
+    unit = make(attention="relu2", length="rowsum")
+    x = x_in()
+    unit(x.requires_grad_()).square().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in unit.parameters())
+    with pytest.raises(ValueError):
+        unit.set_normalization(length="row_sum")
+    assert unit.length == "rowsum"
