@@ -29,6 +29,13 @@ Layout: grids are channels-last ``(batch, h, w, d)`` (``x`` is the column index,
 index), so that each cell is one feature vector. Device and dtype follow the input grid; the
 generators are cast to them. :func:`fit_generators` solves the least-squares problem in float64
 and returns the input dtype.
+
+The toy pipeline (the article's QB-Heat against MAE): :class:`QuarterCNNEncoder` encodes only
+the visible quarter of an image (a CNN suffices, since that block is contiguous);
+:class:`QuarterPredictor` extrapolates its features to the whole grid with one linear map per
+direction (right, left, down, up; the visible quarter may sit in any corner, which is reduced to the
+top-left case by flipping); :func:`token_fill` is MAE's alternative, one shared [MASK] vector in every
+masked cell; :class:`GridDecoder` turns the completed grid back into pixels.
 """
 from __future__ import annotations
 
@@ -46,6 +53,12 @@ __all__ = [
     "mean_fill",
     "fit_generators",
     "LinearFieldPredictor",
+    "CORNERS",
+    "quarter_block",
+    "token_fill",
+    "QuarterPredictor",
+    "QuarterCNNEncoder",
+    "GridDecoder",
 ]
 
 _ORDERS = ("xy", "yx")
@@ -239,3 +252,141 @@ class LinearFieldPredictor(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, dx={self.dx}, dy={self.dy}, order={self.order!r}"
+
+
+# ---------------------------------------------------------------- the toy QB-Heat / MAE pipeline
+
+CORNERS = ("tl", "tr", "bl", "br")  # where the visible quarter sits: top-left, top-right, ...
+
+
+def _check_corner(corner: str) -> tuple[bool, bool]:
+    """(flip rows, flip columns) that move ``corner`` to the top-left."""
+    if corner not in CORNERS:
+        raise ValueError(f"corner must be one of {CORNERS}, got {corner!r}")
+    return corner[0] == "b", corner[1] == "r"
+
+
+def _flip(z: torch.Tensor, rows: bool, cols: bool, row_dim: int, col_dim: int) -> torch.Tensor:
+    dims = [d for d, f in ((row_dim, rows), (col_dim, cols)) if f]
+    return z.flip(dims) if dims else z
+
+
+def quarter_block(x: torch.Tensor, *, corner: str = "tl", channels_last: bool = False) -> torch.Tensor:
+    """The visible quarter of ``(batch, c, h, w)`` images (or ``(batch, h, w, d)`` grids with
+    ``channels_last=True``): rows and columns ``[0, h/2)`` or ``[h/2, h)`` as ``corner`` says."""
+    check_tensor("x", x, ndim=4)
+    rows, cols = _check_corner(corner)
+    rd, cd = (1, 2) if channels_last else (2, 3)
+    h, w = x.shape[rd], x.shape[cd]
+    if h % 2 or w % 2 or h == 0 or w == 0:
+        raise ValueError(f"height and width must be even and positive to cut a quarter, got ({h}, {w})")
+    r0, c0 = (h // 2 if rows else 0), (w // 2 if cols else 0)
+    return x.narrow(rd, r0, h // 2).narrow(cd, c0, w // 2)
+
+
+def token_fill(visible: torch.Tensor, token: torch.Tensor, full_hw, *, corner: str = "tl") -> torch.Tensor:
+    """MAE's decoder input: the visible ``(batch, h0, w0, d)`` block in its corner of the
+    ``(batch, h, w, d)`` grid, one shared ``(d,)`` [MASK] vector in every other cell (gradients reach it)."""
+    _check_grid("visible", visible)
+    rows, cols = _check_corner(corner)
+    check_tensor("token", token, ndim=1, floating=True)
+    if token.shape[0] != visible.shape[-1]:
+        raise ValueError(f"token must have {visible.shape[-1]} entries, got {token.shape[0]}")
+    h, w = _check_full_hw(visible, full_hw)
+    n, h0, w0, d = visible.shape
+    out = token.to(visible).expand(n, h, w, d)
+    pad = visible.new_zeros(n, h, w, d)
+    keep = torch.zeros(h, w, 1, dtype=torch.bool, device=visible.device)
+    r0, c0 = (h - h0 if rows else 0), (w - w0 if cols else 0)
+    keep[r0:r0 + h0, c0:c0 + w0] = True
+    pad[:, r0:r0 + h0, c0:c0 + w0] = visible
+    return torch.where(keep, pad, out)
+
+
+class QuarterPredictor(nn.Module):
+    """QB-Heat's predictor for a visible quarter in any corner: generators ``A[0]`` (step right),
+    ``A[1]`` (left), ``B[0]`` (down), ``B[1]`` (up), each ``(dim, dim)``, zero at start (copy the edge).
+
+    ``forward(visible, full_hw, corner=...)`` flips the block to the top-left, extrapolates with the
+    generators of the directions it has to go (:func:`qb_heat_extrapolate`) and flips back.
+    """
+
+    def __init__(self, dim: int, *, order: str = "xy"):
+        super().__init__()
+        self.dim = check_int("dim", dim, min_value=1)
+        if order not in _ORDERS:
+            raise ValueError(f"order must be one of {_ORDERS}, got {order!r}")
+        self.order = order
+        self.A = nn.Parameter(torch.zeros(2, self.dim, self.dim))
+        self.B = nn.Parameter(torch.zeros(2, self.dim, self.dim))
+
+    def forward(self, visible: torch.Tensor, full_hw, *, corner: str = "tl") -> torch.Tensor:
+        _check_grid("visible", visible)
+        if visible.shape[-1] != self.dim:
+            raise ValueError(f"visible must have {self.dim} features in its last dimension, got {visible.shape[-1]}")
+        rows, cols = _check_corner(corner)
+        v = _flip(visible, rows, cols, 1, 2)
+        out = qb_heat_extrapolate(v, self.A[int(cols)], self.B[int(rows)], full_hw, order=self.order)
+        return _flip(out, rows, cols, 1, 2)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, order={self.order!r}"
+
+
+class QuarterCNNEncoder(nn.Module):
+    """A small fully convolutional encoder: ``depth`` 3x3 convolutions (zero padding, ReLU between),
+    ``(batch, in_channels, h, w)`` images to ``(batch, h, w, dim)`` feature grids, one vector per pixel.
+
+    Being convolutional, the same weights run on the visible quarter (pretraining) and on the whole
+    image (the linear probe): the point of QB-Heat's contiguous visible block.
+    """
+
+    def __init__(self, *, in_channels: int = 1, dim: int = 16, width: int = 32, depth: int = 3):
+        super().__init__()
+        in_channels = check_int("in_channels", in_channels, min_value=1)
+        self.dim = check_int("dim", dim, min_value=1)
+        width = check_int("width", width, min_value=1)
+        depth = check_int("depth", depth, min_value=1)
+        chans = [in_channels] + [width] * (depth - 1) + [self.dim]
+        layers = []
+        for i, (ci, co) in enumerate(zip(chans[:-1], chans[1:])):
+            layers.append(nn.Conv2d(ci, co, 3, padding=1))
+            if i < depth - 1:
+                layers.append(nn.ReLU())
+        self.net = nn.Sequential(*layers)
+        self.in_channels = in_channels
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        check_tensor("images", images, ndim=4, floating=True)
+        if images.shape[1] != self.in_channels:
+            raise ValueError(f"images must have {self.in_channels} channels (batch, c, h, w), got {tuple(images.shape)}")
+        return self.net(images).permute(0, 2, 3, 1)  # (batch, h, w, dim)
+
+
+class GridDecoder(nn.Module):
+    """The small decoder of both arms: a learned positional embedding ``(h, w, dim)`` added to the
+    completed feature grid, then ``depth`` 3x3 convolutions to ``(batch, out_channels, h, w)`` pixels."""
+
+    def __init__(self, *, dim: int, hw, out_channels: int = 1, width: int = 32, depth: int = 3):
+        super().__init__()
+        self.dim = check_int("dim", dim, min_value=1)
+        if not (isinstance(hw, (tuple, list)) and len(hw) == 2):
+            raise ValueError(f"hw must be a pair (h, w), got {hw!r}")
+        self.hw = tuple(check_int(n, v, min_value=1) for n, v in zip(("h", "w"), hw))
+        out_channels = check_int("out_channels", out_channels, min_value=1)
+        width = check_int("width", width, min_value=1)
+        depth = check_int("depth", depth, min_value=1)
+        self.pos = nn.Parameter(torch.zeros(*self.hw, self.dim))
+        chans = [self.dim] + [width] * (depth - 1) + [out_channels]
+        layers = []
+        for i, (ci, co) in enumerate(zip(chans[:-1], chans[1:])):
+            layers.append(nn.Conv2d(ci, co, 3, padding=1))
+            if i < depth - 1:
+                layers.append(nn.ReLU())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        _check_grid("grid", grid)
+        if tuple(grid.shape[1:]) != (*self.hw, self.dim):
+            raise ValueError(f"grid must be (batch, {self.hw[0]}, {self.hw[1]}, {self.dim}), got {tuple(grid.shape)}")
+        return self.net((grid + self.pos).permute(0, 3, 1, 2))

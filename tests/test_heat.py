@@ -276,3 +276,106 @@ def test_bad_inputs_raise_value_error():
         with pytest.raises(ValueError):
             case()
         del i
+
+
+# ---------------------------------------------------------------- the toy QB-Heat / MAE pipeline
+
+from kexue_lib.heat import CORNERS, GridDecoder, QuarterCNNEncoder, QuarterPredictor, quarter_block, token_fill  # noqa: E402
+
+
+def test_quarter_block_corners():
+    x = torch.arange(2 * 1 * 4 * 6, dtype=torch.float32).view(2, 1, 4, 6)
+    torch.testing.assert_close(quarter_block(x, corner="tl"), x[:, :, :2, :3])
+    torch.testing.assert_close(quarter_block(x, corner="tr"), x[:, :, :2, 3:])
+    torch.testing.assert_close(quarter_block(x, corner="bl"), x[:, :, 2:, :3])
+    torch.testing.assert_close(quarter_block(x, corner="br"), x[:, :, 2:, 3:])
+    g = x.permute(0, 2, 3, 1)
+    torch.testing.assert_close(quarter_block(g, corner="br", channels_last=True), g[:, 2:, 3:])
+
+
+@pytest.mark.parametrize("corner", CORNERS)
+def test_token_fill_places_block_and_token(corner):
+    vis = torch.randn(2, 2, 3, 4)
+    tok = torch.randn(4, requires_grad=True)
+    out = token_fill(vis, tok, (4, 6), corner=corner)
+    torch.testing.assert_close(quarter_block(out, corner=corner, channels_last=True), vis)
+    keep = torch.zeros(1, 1, 4, 6, dtype=torch.bool)
+    quarter_block(keep, corner=corner).fill_(True)
+    masked = out[:, ~keep[0, 0]]  # (2, 18, 4)
+    torch.testing.assert_close(masked, tok.detach().expand_as(masked))
+    out.sum().backward()
+    torch.testing.assert_close(tok.grad, torch.full((4,), 2.0 * 18))
+
+
+def test_quarter_predictor_matches_flipped_loop():
+    """Each corner: the loop reference in the flipped frame, with the generators of the directions walked."""
+    g = torch.Generator().manual_seed(11)
+    d = 3
+    model = QuarterPredictor(d).double()
+    with torch.no_grad():
+        model.A.copy_(0.3 * torch.randn(2, d, d, generator=g, dtype=F64))
+        model.B.copy_(0.3 * torch.randn(2, d, d, generator=g, dtype=F64))
+    vis = torch.randn(2, 3, 2, d, generator=g, dtype=F64)
+    for corner in CORNERS:
+        rows, cols = corner[0] == "b", corner[1] == "r"
+        out = model(vis, (6, 4), corner=corner)
+        torch.testing.assert_close(quarter_block(out, corner=corner, channels_last=True), vis, rtol=0, atol=0)
+        dims = [dim for dim, f in ((1, rows), (2, cols)) if f]
+        flip = (lambda t: t.flip(dims)) if dims else (lambda t: t)
+        want = flip(loop_extrapolate(flip(vis), model.A[int(cols)].detach(), model.B[int(rows)].detach(), 6, 4))
+        torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+    assert "dim=3" in repr(model)
+
+
+def test_quarter_predictor_zero_init_copies_edge_and_learns():
+    vis = torch.randn(1, 2, 2, 2)
+    out = QuarterPredictor(2)(vis, (4, 4), corner="tl")
+    torch.testing.assert_close(out[:, 0, 3], vis[:, 0, 1])  # copy of the edge
+    torch.testing.assert_close(out[:, 3, 3], vis[:, 1, 1])
+    model = QuarterPredictor(2)
+    model(vis, (4, 4), corner="br").square().sum().backward()
+    assert model.A.grad[1].abs().sum() > 0 and model.B.grad[1].abs().sum() > 0  # left and up were used
+    assert model.A.grad[0].abs().sum() == 0 and model.B.grad[0].abs().sum() == 0
+
+
+def test_encoder_is_convolutional_and_decoder_shapes():
+    torch.manual_seed(0)
+    enc = QuarterCNNEncoder(dim=5, width=7, depth=3)
+    img = torch.randn(2, 1, 8, 8)
+    z = enc(img)
+    assert z.shape == (2, 8, 8, 5) and z.dtype == torch.float32
+    assert enc(img[:, :, :4, :4]).shape == (2, 4, 4, 5)  # the same weights on the visible quarter
+    # receptive field 7x7: a pixel change moves features at most 3 cells away
+    img2 = img.clone()
+    img2[:, :, 0, 0] += 1.0
+    diff = (enc(img2) - z).abs().sum(-1)
+    assert diff[:, 4:].abs().max() == 0 and diff[:, :, 4:].abs().max() == 0 and diff[:, 0, 0].min() > 0
+    dec = GridDecoder(dim=5, hw=(8, 8), width=7)
+    assert dec(z).shape == (2, 1, 8, 8)
+    enc64 = QuarterCNNEncoder(dim=5).double()
+    assert enc64(img.double()).dtype == F64
+
+
+def test_pipeline_bad_inputs_raise_value_error():
+    vis = torch.randn(1, 2, 2, 3)
+    cases = [
+        lambda: quarter_block(torch.randn(1, 1, 3, 4)),
+        lambda: quarter_block(torch.randn(1, 1, 4, 4), corner="center"),
+        lambda: quarter_block(torch.randn(4, 4)),
+        lambda: token_fill(vis, torch.zeros(4), (4, 4)),
+        lambda: token_fill(vis, torch.zeros(3), (1, 4)),
+        lambda: token_fill(vis, torch.zeros(3), (4, 4), corner="x"),
+        lambda: QuarterPredictor(0),
+        lambda: QuarterPredictor(3, order="z"),
+        lambda: QuarterPredictor(4)(vis, (4, 4)),
+        lambda: QuarterPredictor(3)(vis, (4, 4), corner="mid"),
+        lambda: QuarterCNNEncoder(dim=0),
+        lambda: QuarterCNNEncoder(depth=0),
+        lambda: QuarterCNNEncoder(in_channels=1)(torch.randn(1, 3, 4, 4)),
+        lambda: QuarterCNNEncoder()(torch.zeros(1, 1, 4, 4, dtype=torch.long)),
+        lambda: GridDecoder(dim=3, hw=8),
+        lambda: GridDecoder(dim=3, hw=(4, 4))(torch.randn(1, 4, 4, 2)),
+    ]
+    for case in cases:
+        with pytest.raises(ValueError):
+            case()
