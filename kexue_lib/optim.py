@@ -37,6 +37,10 @@ and dtype, sized to the largest parameter and reused by every parameter at every
 step allocates nothing per parameter. ``lazy_rows=True`` (a Tiger group
 option, article 9736's first counter-measure) updates only the rows of a matrix whose
 gradient row is non-zero, so that rows of unseen tokens neither move nor decay.
+
+Article 9512's closing proposal, the family :math:`u_t=\operatorname{sign}(m_t)|m_t|^{1-\gamma}`
+between Tiger (:math:`\gamma=1`) and SGD with momentum (:math:`\gamma=0`), is
+:func:`sign_power_update_`.
 """
 from __future__ import annotations
 
@@ -47,7 +51,7 @@ from torch import nn
 
 from ._validate import check_int, check_real
 
-__all__ = ["lion_update_", "signum_update_", "tiger_update_", "amos_lion_hparams",
+__all__ = ["lion_update_", "signum_update_", "tiger_update_", "sign_power_update_", "amos_lion_hparams", "Lamb",
            "Lion", "Tiger", "tiger_param_groups", "optimizer_state_numel", "TIGER_KINDS"]
 
 TIGER_KINDS = ("auto", "matrix", "embedding", "bias", "gain", "plain")
@@ -128,6 +132,24 @@ def tiger_update_(param, grad, exp_avg, *, lr: float, beta: float, weight_decay:
     else:
         param.add_(step, alpha=-lr)                           # - eta sign(m)
     return False
+
+
+@torch.no_grad()
+def sign_power_update_(param, grad, exp_avg, *, lr: float, beta: float, gamma: float):
+    """One step of article 9512's proposed family, in place on ``param`` and ``exp_avg``.
+
+    ``m <- beta m + (1-beta) g``, then ``theta <- theta - lr sign(m) |m|^(1-gamma)`` (elementwise).
+    ``gamma = 1`` is Tiger's sign step (the ``plain`` rule, no decay); ``gamma = 0`` is SGD with
+    a dampened momentum, ``theta -= lr m``. The article suggests letting ``gamma`` fall from 1 to 0
+    with the learning-rate schedule; that is left to the caller (pass a new ``gamma`` each step).
+    """
+    lr = check_real("lr", lr, low=0.0, low_open=True)
+    beta = check_real("beta", beta, low=0.0, high=1.0, high_open=True)
+    gamma = check_real("gamma", gamma, low=0.0, high=1.0)
+    exp_avg.mul_(beta).add_(grad, alpha=1.0 - beta)           # m <- b m + (1-b) g
+    step = exp_avg.abs().pow_(1.0 - gamma).mul_(torch.sign(exp_avg))  # sign(m)|m|^(1-gamma), no special cases
+    param.add_(step, alpha=-lr)
+    return param
 
 
 def amos_lion_hparams(alpha0: float, sigma: float) -> dict:
@@ -286,6 +308,71 @@ class Tiger(torch.optim.Optimizer):
                                         **opts)
                 self.guard_hits += int(hit)
             group["step"] += 1
+        return loss
+
+
+class Lamb(torch.optim.Optimizer):
+    """LAMB (You et al., arXiv:1904.00962, Algorithm 2), the baseline of article 9512's experiments.
+
+    Per tensor: Adam's direction ``r = m_hat / (sqrt(v_hat) + eps)``, ``u = r + lambda theta``, then
+    ``theta -= lr * trust * u`` with ``trust = min(||theta||, max_weight_norm) / ||u||`` (1 when a norm is 0).
+    The trust ratio makes the step relative to the weight, ``||dtheta|| = lr ||theta||``, as in Tiger.
+    ``bias_correction=False`` drops ``m_hat``/``v_hat``; ``decoupled_decay=True`` shrinks
+    ``theta *= 1 - lr lambda`` outside the trust ratio (with both, and ``max_weight_norm=10``, this is
+    ``pytorch_optimizer.Lamb``'s default update).
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
+                 weight_decay: float = 0.0, *, bias_correction: bool = True, decoupled_decay: bool = False,
+                 max_weight_norm: float | None = None):
+        if not isinstance(bias_correction, bool) or not isinstance(decoupled_decay, bool):
+            raise ValueError("bias_correction and decoupled_decay must be True or False")
+        if max_weight_norm is not None:
+            max_weight_norm = check_real("max_weight_norm", max_weight_norm, low=0.0, low_open=True)
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        self._opts = (bias_correction, decoupled_decay, max_weight_norm)
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        g = self.param_groups[-1]
+        g["lr"] = check_real("lr", g["lr"], low=0.0, low_open=True)
+        if not (isinstance(g["betas"], (tuple, list)) and len(g["betas"]) == 2):
+            raise ValueError(f"betas must be a pair, got {g['betas']!r}")
+        g["betas"] = tuple(check_real(f"beta{i + 1}", b, low=0.0, high=1.0, high_open=True)
+                           for i, b in enumerate(g["betas"]))
+        g["eps"] = check_real("eps", g["eps"], low=0.0)
+        g["weight_decay"] = check_real("weight_decay", g["weight_decay"], low=0.0)
+        g.setdefault("step", 0)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = _call_closure(closure)
+        bias_correction, decoupled, max_norm = self._opts
+        for group in self.param_groups:
+            group["step"] += 1
+            (b1, b2), t, lr, wd, eps = group["betas"], group["step"], group["lr"], group["weight_decay"], group["eps"]
+            c1, c2 = (1 - b1 ** t, 1 - b2 ** t) if bias_correction else (1.0, 1.0)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad, state = _dense_grad(p, "Lamb"), self.state[p]
+                if not state:
+                    state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.mul_(b1).add_(grad, alpha=1 - b1)                          # m <- b1 m + (1-b1) g
+                v.mul_(b2).addcmul_(grad, grad, value=1 - b2)                # v <- b2 v + (1-b2) g^2
+                u = (v / c2).sqrt_().add_(eps)
+                u = torch.div(m / c1, u)                                     # r = m_hat / (sqrt(v_hat) + eps)
+                if wd and decoupled:
+                    p.mul_(1 - lr * wd)
+                elif wd:
+                    u.add_(p, alpha=wd)                                      # u = r + lambda theta
+                w_norm, u_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(u)
+                if max_norm is not None:
+                    w_norm = w_norm.clamp(max=max_norm)
+                trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / (u_norm + (eps if decoupled else 0.0)),
+                                    torch.ones_like(w_norm))
+                p.sub_(u.mul_(trust), alpha=lr)                              # theta -= lr trust u
         return loss
 
 

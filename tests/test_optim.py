@@ -388,3 +388,93 @@ def test_optimizer_state_numel_counts_state_and_scratch():
     assert optimizer_state_numel(adamw) == 2 * n + len(list(model.parameters()))
     with pytest.raises(ValueError):
         optimizer_state_numel(model)
+
+
+# ---------------------------------------------------------------- the sign-power family (article 9512, future work)
+def test_sign_power_family_endpoints_are_tiger_and_sgdm():
+    """gamma = 1 follows Tiger's plain rule; gamma = 0 follows torch's SGD with a dampened momentum."""
+    from kexue_lib.optim import sign_power_update_
+
+    gen = torch.Generator().manual_seed(11)
+    p0 = torch.randn(5, 7, generator=gen, dtype=torch.float64)
+    # torch's SGD starts its buffer at g_1 (not (1-beta) g_1): a zero first gradient makes the conventions meet
+    grads = [torch.zeros_like(p0)] + [torch.randn(5, 7, generator=gen, dtype=torch.float64) for _ in range(30)]
+    fam, m = p0.clone(), torch.zeros_like(p0)
+    for g in grads:
+        sign_power_update_(fam, g, m, lr=1e-2, beta=0.9, gamma=1.0)
+    tiger, _ = _run(lambda ps, **kw: Tiger([dict(params=ps, kind="plain")], **kw), p0, grads, lr=1e-2, beta=0.9,
+                    weight_decay=0.0)
+    torch.testing.assert_close(fam, tiger, rtol=0, atol=0)
+    fam, m = p0.clone(), torch.zeros_like(p0)
+    for g in grads:
+        sign_power_update_(fam, g, m, lr=0.5, beta=0.9, gamma=0.0)
+    sgdm, _ = _run(torch.optim.SGD, p0, grads, lr=0.5, momentum=0.9, dampening=0.9)
+    torch.testing.assert_close(fam, sgdm, rtol=1e-12, atol=1e-14)
+    assert (fam - tiger).abs().max() > 1e-3  # the two endpoints are different optimizers
+    half, m = p0.clone(), torch.zeros_like(p0)
+    for g in grads:
+        sign_power_update_(half, g, m, lr=1e-2, beta=0.9, gamma=0.5)
+    assert not torch.allclose(half, tiger) and not torch.allclose(half, sgdm)
+
+
+@pytest.mark.parametrize("kw", [dict(gamma=-0.1), dict(gamma=1.5), dict(lr=0.0), dict(beta=1.0)])
+def test_sign_power_bad_input(kw):
+    from kexue_lib.optim import sign_power_update_
+
+    args = dict(lr=1e-2, beta=0.9, gamma=0.5) | kw
+    with pytest.raises(ValueError):
+        sign_power_update_(torch.zeros(3), torch.ones(3), torch.zeros(3), **args)
+
+
+# ---------------------------------------------------------------- LAMB (the baseline of article 9512)
+def test_lamb_matches_pytorch_optimizer():
+    """The peer divides its step size by 1 - beta1^t *outside* the trust ratio (its AdamD switch off), so its
+    early steps are up to 1/(1 - beta1) = 10x lr ||theta||; with that factor moved into our lr the two agree."""
+    po = pytest.importorskip("pytorch_optimizer")
+    from kexue_lib.optim import Lamb
+
+    gen = torch.Generator().manual_seed(13)
+    p0 = torch.randn(6, 5, generator=gen, dtype=torch.float64)
+    grads = [torch.randn(6, 5, generator=gen, dtype=torch.float64) for _ in range(20)]
+    a, b = nn.Parameter(p0.clone()), nn.Parameter(p0.clone())
+    ours = Lamb([a], lr=1e-2, bias_correction=False, decoupled_decay=True, max_weight_norm=10.0)
+    peer = po.Lamb([b], lr=1e-2, foreach=False)
+    for t, g in enumerate(grads, start=1):
+        ours.param_groups[0]["lr"] = 1e-2 / (1 - 0.9 ** t)
+        a.grad, b.grad = g.clone(), g.clone()
+        ours.step()
+        peer.step()
+        if t == 1:
+            assert ((b.detach() - p0).norm() / p0.norm()).item() == pytest.approx(0.1, rel=1e-6)  # 10x the paper's lr ||theta||
+    torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-10, atol=1e-12)
+
+
+def test_lamb_paper_update_is_relative_and_bias_corrected():
+    """First step of the paper's LAMB (bias-corrected, no decay): r = g / (|g| + eps) ~ sign(g), step = lr ||theta||."""
+    from kexue_lib.optim import Lamb
+
+    gen = torch.Generator().manual_seed(12)
+    for scale in (1e-2, 1e2):
+        p0 = scale * torch.randn(6, 5, generator=gen, dtype=torch.float64)
+        g = torch.randn(6, 5, generator=gen, dtype=torch.float64)
+        p, _ = _run(Lamb, p0, [g], lr=1e-3, eps=0.0)
+        u = torch.sign(g)
+        torch.testing.assert_close(p, p0 - 1e-3 * p0.norm() / u.norm() * u, rtol=1e-12, atol=0)
+        assert (p - p0).norm() / p0.norm() == pytest.approx(1e-3, rel=1e-9)
+    # without bias correction the first step's direction is the same (the trust ratio removes the scale)
+    q, _ = _run(lambda ps, **kw: Lamb(ps, bias_correction=False, **kw), p0, [g], lr=1e-3, eps=0.0)
+    torch.testing.assert_close(q, p, rtol=1e-12, atol=0)
+    # but on later steps it differs
+    grads = [torch.randn(6, 5, generator=gen, dtype=torch.float64) for _ in range(5)]
+    p, _ = _run(Lamb, p0, grads, lr=1e-3)
+    q, _ = _run(lambda ps, **kw: Lamb(ps, bias_correction=False, **kw), p0, grads, lr=1e-3)
+    assert (p - q).abs().max() > 1e-8
+
+
+@pytest.mark.parametrize("kw", [dict(lr=0.0), dict(betas=(1.0, 0.9)), dict(betas=(0.9,)), dict(eps=-1.0),
+                                dict(weight_decay=-0.1), dict(max_weight_norm=0.0), dict(bias_correction=1)])
+def test_lamb_bad_hyperparameters(kw):
+    from kexue_lib.optim import Lamb
+
+    with pytest.raises(ValueError):
+        Lamb([nn.Parameter(torch.zeros(2))], **kw)
