@@ -21,6 +21,8 @@ Part II, softmax and attention
 * :mod:`kexue_lib.jl`: Johnson-Lindenstrauss projections and distortion (9588).
 * :mod:`kexue_lib.cost`: FLOP model and wall-clock of a BERT-style layer (8610).
 * :mod:`kexue_lib.unargmaxable`: classes that can never win the argmax (9046).
+* :mod:`kexue_lib.toy_lm`: a tiny Transformer on a synthetic Markov language: softmax, linear and local linear
+  attention; causal, bidirectional and mixed-direction heads; LM and MLM objectives (8338, 9529).
 * :mod:`kexue_lib.losses`: training objectives: the symmetric InfoNCE loss (9593).
 
 Part V, optimizers

@@ -347,3 +347,44 @@ def softmax_entropy_expansion(lam: float, *, moments=None) -> tuple[float, float
 
 
 __all__ += ["softmax_entropy_expansion"]
+
+
+def local_linear_attention(q, k, v, *, window: int, causal: bool = False, anticausal: bool = False,
+                           feature_map="elu1", eps: float = 1e-6) -> torch.Tensor:
+    r"""Linear attention truncated to a local window (article 8338, its "locally truncated" variant).
+
+    :math:`o_i = \sum_{j\in W_i}\phi(q_i)^\top\phi(k_j)v_j / \sum_{j\in W_i}\phi(q_i)^\top\phi(k_j)` with
+    :math:`W_i=\{j: |i-j|\le w\}`, cut further to :math:`j\le i` (``causal``) or :math:`j\ge i` (``anticausal``).
+    The feature maps are those of :func:`linear_attention`. This reference builds the ``(n, n)`` banded
+    kernel matrix (fine for the toy lengths it serves); a window of at least ``n - 1`` equals
+    :func:`linear_attention` with the same direction.
+    """
+    _check_qkv(q, k, v)
+    window = check_int("window", window, min_value=0)
+    eps = check_real("eps", eps, low=0.0)
+    n = q.shape[-2]
+    if k.shape[-2] != n:
+        raise ValueError(f"local linear attention needs n_q == n_k, got {n} and {k.shape[-2]}")
+    if causal and anticausal:
+        raise ValueError("choose at most one of causal and anticausal")
+    if feature_map is None:
+        fq, fk = q, k
+    elif callable(feature_map):
+        fq, fk = feature_map(q), feature_map(k)
+    elif feature_map in FEATURE_MAPS:
+        fq = FEATURE_MAPS[feature_map](q)
+        fk = torch.exp(k) if feature_map == "exp" else FEATURE_MAPS[feature_map](k)
+    else:
+        raise ValueError(f"feature_map must be None, a callable or one of {tuple(FEATURE_MAPS)}, got {feature_map!r}")
+    idx = torch.arange(n, device=q.device)
+    rel = idx[None, :] - idx[:, None]  # j - i
+    band = rel.abs() <= window
+    if causal:
+        band &= rel <= 0
+    if anticausal:
+        band &= rel >= 0
+    w = (fq @ fk.transpose(-1, -2)).masked_fill(~band, 0.0)  # (..., n, n)
+    return (w @ v) / (w.sum(-1, keepdim=True) + eps)
+
+
+__all__ += ["local_linear_attention"]

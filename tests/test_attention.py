@@ -407,3 +407,44 @@ def test_entropy_expansion_gaussian_closed_form_and_monte_carlo():
 def test_entropy_expansion_bad_input(call):
     with pytest.raises(ValueError):
         call()
+
+
+# ---------------------------------------------------------------- locally truncated linear attention
+from kexue_lib.attention import local_linear_attention  # noqa: E402
+
+
+@pytest.mark.parametrize("window", [0, 1, 3])
+@pytest.mark.parametrize("direction", ["both", "causal", "anticausal"])
+def test_local_linear_matches_loop_reference(window, direction):
+    q, k, v = qkv()
+    fq, fk = torch.nn.functional.elu(q) + 1, torch.nn.functional.elu(k) + 1
+    got = local_linear_attention(q, k, v, window=window, causal=direction == "causal",
+                                 anticausal=direction == "anticausal", eps=0.0)
+    ref = torch.zeros_like(got)
+    for i in range(q.shape[-2]):
+        lo = i if direction == "anticausal" else max(0, i - window)
+        hi = i if direction == "causal" else min(q.shape[-2] - 1, i + window)
+        js = range(lo, hi + 1)
+        w = torch.stack([(fq[..., i, :] * fk[..., j, :]).sum(-1) for j in js], -1)
+        ref[..., i, :] = sum(w[..., t, None] * v[..., j, :] for t, j in enumerate(js)) / w.sum(-1, keepdim=True)
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_local_linear_with_a_full_window_is_linear_attention():
+    q, k, v = qkv(n=12)
+    for causal in (False, True):
+        torch.testing.assert_close(local_linear_attention(q, k, v, window=11, causal=causal),
+                                   linear_attention(q, k, v, causal=causal), rtol=1e-10, atol=1e-12)
+    assert local_linear_attention(q.float(), k.float(), v.float(), window=2).dtype == torch.float32
+
+
+@pytest.mark.parametrize("call", [
+    lambda q, k, v: local_linear_attention(q, k, v, window=-1),
+    lambda q, k, v: local_linear_attention(q, k, v, window=2, causal=True, anticausal=True),
+    lambda q, k, v: local_linear_attention(q, k[..., :4, :], v[..., :4, :], window=2),
+    lambda q, k, v: local_linear_attention(q, k, v, window=2, feature_map="nope"),
+])
+def test_local_linear_bad_input(call):
+    q, k, v = qkv()
+    with pytest.raises(ValueError):
+        call(q, k, v)
