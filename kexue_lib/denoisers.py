@@ -14,6 +14,16 @@ One network serves all T timesteps: its parameters are shared and t is a conditi
 
 Both networks take ``x`` of shape (batch, ...) and integer ``t`` of shape (batch,), run on
 any device (they follow their parameters) and return a tensor of ``x``'s shape.
+
+For a Gaussian mixture the minimiser of DDPM's loss is known in closed form
+(:class:`ExactMixtureDenoiser`): with components :math:`\mathcal N(m_k, s^2 I)` of weights
+:math:`\pi_k`, :math:`x_t \mid k \sim \mathcal N(\sqrt{\bar\alpha_t}m_k, v_t I)` with
+:math:`v_t = \bar\alpha_t s^2 + 1 - \bar\alpha_t`, and
+
+.. math::
+
+    \mathbb E[\varepsilon \mid x_t] = \frac{\sqrt{1-\bar\alpha_t}}{v_t}\sum_k w_k(x_t)\,(x_t - \sqrt{\bar\alpha_t}\,m_k),
+    \qquad w_k(x_t) \propto \pi_k \exp\Big(-\frac{\|x_t - \sqrt{\bar\alpha_t}m_k\|^2}{2v_t}\Big).
 """
 from __future__ import annotations
 
@@ -24,7 +34,8 @@ from torch import nn
 
 from ._validate import check_int, check_tensor
 
-__all__ = ["sinusoidal_embedding", "SinusoidalTimeEmbedding", "MLPDenoiser", "UNetDenoiser", "eight_gaussians"]
+__all__ = ["sinusoidal_embedding", "SinusoidalTimeEmbedding", "MLPDenoiser", "UNetDenoiser", "eight_gaussians",
+           "eight_gaussian_centres", "mixture_eps", "ExactMixtureDenoiser"]
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -62,15 +73,23 @@ def _check_inputs(x: torch.Tensor, t: torch.Tensor, ndim: int, what: str) -> Non
 
 class MLPDenoiser(nn.Module):
     """eps_theta for points in R^d: the sinusoidal features of t are projected and added to the
-    input projection, then ``depth`` residual blocks h + W silu(h) and a linear read-out."""
+    input projection, then ``depth`` residual blocks h + W silu(h) and a linear read-out.
 
-    def __init__(self, data_dim: int = 2, *, hidden: int = 128, depth: int = 3, time_dim: int = 32):
+    ``time_input=False`` builds the same network without the time projection: it ignores ``t``
+    (the ablation of the article's "t is an input of the shared network")."""
+
+    def __init__(self, data_dim: int = 2, *, hidden: int = 128, depth: int = 3, time_dim: int = 32,
+                 time_input: bool = True):
         super().__init__()
         self.data_dim = check_int("data_dim", data_dim, min_value=1)
         hidden = check_int("hidden", hidden, min_value=1)
         depth = check_int("depth", depth, min_value=0)
         self.time_dim = check_int("time_dim", time_dim, min_value=2)
-        self.inp, self.temb = nn.Linear(data_dim, hidden), nn.Linear(time_dim, hidden)
+        if not isinstance(time_input, bool):
+            raise ValueError(f"time_input must be a bool, got {time_input!r}")
+        self.time_input = time_input
+        self.inp = nn.Linear(data_dim, hidden)
+        self.temb = nn.Linear(time_dim, hidden) if time_input else None
         self.blocks = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden)) for _ in range(depth))
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, data_dim))
 
@@ -78,8 +97,9 @@ class MLPDenoiser(nn.Module):
         _check_inputs(x, t, 2, f"(batch, {self.data_dim})")
         if x.shape[1] != self.data_dim:
             raise ValueError(f"x must have {self.data_dim} features, got shape {tuple(x.shape)}")
-        emb = sinusoidal_embedding(t, self.time_dim).to(x.dtype)      # (batch, time_dim)
-        h = self.inp(x) + self.temb(emb)                              # (batch, hidden)
+        h = self.inp(x)                                               # (batch, hidden)
+        if self.temb is not None:
+            h = h + self.temb(sinusoidal_embedding(t, self.time_dim).to(x.dtype))  # time features (batch, time_dim)
         for blk in self.blocks:
             h = h + blk(h)
         return self.out(h)                                            # (batch, data_dim)
@@ -153,3 +173,66 @@ def eight_gaussians(n: int, *, radius: float = 2.0, std: float = 0.1, generator=
     angle = k.to(torch.float64) * (math.pi / 4)
     centres = radius * torch.stack([angle.cos(), angle.sin()], 1)
     return (centres + std * torch.randn(n, 2, generator=generator, dtype=torch.float64)).to(dtype), k
+
+
+def eight_gaussian_centres(radius: float = 2.0, *, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+    """The (8, 2) centres of :func:`eight_gaussians`: ``radius * (cos, sin)(k pi / 4)``, k = 0..7."""
+    if not radius > 0:
+        raise ValueError(f"radius must be positive, got {radius}")
+    angle = torch.arange(8, dtype=torch.float64) * (math.pi / 4)
+    return (radius * torch.stack([angle.cos(), angle.sin()], 1)).to(dtype=dtype, device=device)
+
+
+def mixture_eps(x: torch.Tensor, abar, centres: torch.Tensor, std: float, weights: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Exact :math:`\mathbb E[\varepsilon \mid x_t]` for the mixture of :math:`\mathcal N(m_k, s^2 I)` (module docstring).
+
+    ``x`` (batch, d); ``abar`` the :math:`\bar\alpha_t` of each sample, a float or a (batch,) tensor;
+    ``centres`` (K, d); ``weights`` (K,) (default equal). Computed in ``x``'s dtype and device.
+    """
+    check_tensor("x", x, ndim=2, floating=True)
+    check_tensor("centres", centres, ndim=2)
+    if centres.shape[1] != x.shape[1]:
+        raise ValueError(f"centres must be (K, {x.shape[1]}), got {tuple(centres.shape)}")
+    if not std > 0:
+        raise ValueError(f"std must be positive, got {std}")
+    ab = torch.as_tensor(abar, dtype=x.dtype, device=x.device).reshape(-1, 1)          # (batch or 1, 1)
+    if ab.shape[0] not in (1, x.shape[0]) or ((ab <= 0) | (ab > 1)).any():
+        raise ValueError("abar must be one value in (0, 1] or one per sample")
+    m = centres.to(dtype=x.dtype, device=x.device)
+    logw = torch.zeros(m.shape[0], dtype=x.dtype, device=x.device)
+    if weights is not None:
+        weights = check_tensor("weights", weights, ndim=1)
+        if weights.shape[0] != m.shape[0] or (weights < 0).any() or not weights.sum() > 0:
+            raise ValueError(f"weights must be {m.shape[0]} non-negative numbers with a positive sum")
+        logw = weights.to(dtype=x.dtype, device=x.device).log()
+    v = ab * std**2 + 1 - ab                                                             # (batch, 1)
+    d = x[:, None, :] - ab.sqrt()[:, :, None] * m                                       # (batch, K, d)
+    w = torch.softmax(logw - d.square().sum(-1) / (2 * v), 1)                           # (batch, K)
+    return (w[..., None] * d).sum(1) * ((1 - ab).sqrt() / v)                             # (batch, d)
+
+
+class ExactMixtureDenoiser(nn.Module):
+    """The exact noise predictor of a Gaussian mixture under a DDPM schedule: a drop-in ``model(x, t)``.
+
+    ``schedule`` is anything with ``alphas_cumprod`` (T,), e.g. ``kexue_lib.diffusion.DDPMSchedule``;
+    ``t`` holds 0-based timesteps, one per sample. What a perfectly trained network would output.
+    """
+
+    def __init__(self, schedule, centres: torch.Tensor, std: float, *, weights: torch.Tensor | None = None):
+        super().__init__()
+        abar = getattr(schedule, "alphas_cumprod", None)
+        if not isinstance(abar, torch.Tensor) or abar.ndim != 1:
+            raise ValueError("schedule must have a 1-D alphas_cumprod tensor")
+        check_tensor("centres", centres, ndim=2)
+        if not std > 0:
+            raise ValueError(f"std must be positive, got {std}")
+        self.register_buffer("abar", abar.to(torch.float64), persistent=False)
+        self.register_buffer("centres", centres.to(torch.float64), persistent=False)
+        self.register_buffer("weights", None if weights is None else weights.to(torch.float64), persistent=False)
+        self.std = float(std)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        _check_inputs(x, t, 2, f"(batch, {self.centres.shape[1]})")
+        if t.dtype.is_floating_point or (t < 0).any() or (t >= self.abar.shape[0]).any():
+            raise ValueError(f"t must be integer timesteps in [0, {self.abar.shape[0]})")
+        return mixture_eps(x, self.abar.to(x.device)[t.to(self.abar.device)], self.centres, self.std, self.weights)

@@ -6,7 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kexue_lib.denoisers import MLPDenoiser, SinusoidalTimeEmbedding, UNetDenoiser, eight_gaussians, sinusoidal_embedding
+from kexue_lib.denoisers import (ExactMixtureDenoiser, MLPDenoiser, SinusoidalTimeEmbedding, UNetDenoiser, eight_gaussian_centres,
+                                eight_gaussians, mixture_eps, sinusoidal_embedding)
 from kexue_lib.diffusion import DDPMSchedule, ddpm_loss, ddpm_loss_two_noise, ddpm_sample, ddpm_step, mmd2, train_ddpm
 
 
@@ -289,6 +290,65 @@ def test_training_reduces_loss_and_improves_samples():
     after = ddpm_sample(model, (500, 2), s, generator=gen(1))
     ref = eight_gaussians(500, generator=gen(3))[0]
     assert mmd2(after, ref).item() < 0.5 * mmd2(before, ref).item()
+
+
+def test_mlp_without_time_input_ignores_t():
+    torch.manual_seed(0)
+    with_t, without_t = MLPDenoiser(2, hidden=16, depth=1), MLPDenoiser(2, hidden=16, depth=1, time_input=False)
+    x = torch.randn(6, 2)
+    assert not torch.allclose(with_t(x, torch.zeros(6, dtype=torch.long)), with_t(x, torch.full((6,), 500)))
+    torch.testing.assert_close(without_t(x, torch.zeros(6, dtype=torch.long)), without_t(x, torch.full((6,), 500)), rtol=0, atol=0)
+    n_params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n_params(with_t) - n_params(without_t) == 32 * 16 + 16      # only the time projection is missing
+    with pytest.raises(ValueError):
+        MLPDenoiser(2, time_input=1)
+
+
+def test_eight_gaussian_centres_match_the_sampler():
+    x, k = eight_gaussians(4000, std=1e-6, generator=gen(0), dtype=torch.float64)
+    torch.testing.assert_close(x, eight_gaussian_centres()[k], atol=1e-4, rtol=0)
+
+
+def test_mixture_eps_matches_quadrature_1d():
+    # E[eps | x_t] = int eps(x0) p(x0) N(x_t; sqrt(ab) x0, 1 - ab) dx0 / int p(x0) N(...) dx0, by the trapezoid rule
+    centres, w, std = torch.tensor([[-2.0], [0.5], [3.0]], dtype=torch.float64), torch.tensor([0.2, 0.5, 0.3]), 0.4
+    x0 = torch.linspace(-8.0, 9.0, 200_001, dtype=torch.float64)
+    prior = sum(wk * torch.exp(-(x0 - ck) ** 2 / (2 * std**2)) for wk, ck in zip(w.tolist(), centres[:, 0].tolist()))
+    for ab in (0.9, 0.3, 0.02):
+        xt = torch.linspace(-3.0, 3.0, 13, dtype=torch.float64)
+        lik = torch.exp(-(xt[:, None] - math.sqrt(ab) * x0) ** 2 / (2 * (1 - ab)))          # (13, grid)
+        eps = (xt[:, None] - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
+        ref = torch.trapezoid(eps * prior * lik, x0, dim=1) / torch.trapezoid(prior * lik, x0, dim=1)
+        got = mixture_eps(xt[:, None], ab, centres, std, weights=w)[:, 0]
+        torch.testing.assert_close(got, ref, rtol=1e-7, atol=1e-9)
+
+
+def test_exact_mixture_denoiser_is_the_regression_of_eps():
+    # Monte Carlo in 2-D: the residual eps - E[eps | x_t] has mean 0 and is uncorrelated with x_t; the exact
+    # predictor's loss is below that of the same predictor scaled by 0.9
+    s = DDPMSchedule()
+    model = ExactMixtureDenoiser(s, eight_gaussian_centres(), 0.1)
+    g = gen(3)
+    x0, _ = eight_gaussians(200_000, generator=g, dtype=torch.float64)
+    t = torch.randint(0, s.T, (x0.shape[0],), generator=g)
+    eps = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    xt = s.q_sample(x0, t, eps)
+    r = eps - model(xt, t)
+    for stat in (r, r * xt, r * xt.flip(1)):
+        se = stat.std(0) / math.sqrt(stat.shape[0])
+        assert (stat.mean(0).abs() < 4 * se).all()
+    assert r.square().mean() < (eps - 0.9 * model(xt, t)).square().mean()
+    per_t = model(xt[:5], t[:5])
+    one_by_one = torch.cat([model(xt[i:i + 1], t[i:i + 1]) for i in range(5)])
+    torch.testing.assert_close(per_t, one_by_one, rtol=0, atol=1e-15)
+    for bad in (lambda: model(xt[:4], t[:3]), lambda: model(xt[:4], torch.full((4,), s.T)),
+                lambda: mixture_eps(xt[:4], 0.0, eight_gaussian_centres(), 0.1),
+                lambda: mixture_eps(xt[:4], 0.5, eight_gaussian_centres()[:, :1], 0.1),
+                lambda: mixture_eps(xt[:4], 0.5, eight_gaussian_centres(), 0.1, weights=torch.ones(3)),
+                lambda: ExactMixtureDenoiser(object(), eight_gaussian_centres(), 0.1),
+                lambda: eight_gaussian_centres(0.0)):
+        with pytest.raises(ValueError):
+            bad()
 
 
 # ---- bad input --------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import special
 
-from kexue_lib.self_consuming import log_det_drift, self_consuming_gaussian, self_consuming_moments
+from kexue_lib.self_consuming import (log_det_drift, mixture_diversity, mixture_sample, self_consuming_gaussian,
+                                     self_consuming_mixture, self_consuming_moments)
 
 
 def loop_reference(n, generations, lam, fresh, real, seed):
@@ -150,3 +151,109 @@ def test_bad_input(kwargs, match):
 def test_bad_input_moments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         self_consuming_moments(**kwargs)
+
+
+# ---- the non-Gaussian loop: a Gaussian mixture refitted by EM ---------------------------------------
+def _circle(k=8, radius=2.0):
+    a = torch.arange(k, dtype=torch.float64) * (2 * math.pi / k)
+    return radius * torch.stack([a.cos(), a.sin()], 1)
+
+
+def test_mixture_loop_shapes_and_generation_zero():
+    c = _circle()
+    r = self_consuming_mixture(40, 3, centres=c, std=0.2, chains=5, generator=torch.Generator().manual_seed(0))
+    assert r["weights"].shape == (4, 5, 8) and r["means"].shape == (4, 5, 8, 2) and r["variances"].shape == (4, 5, 8)
+    torch.testing.assert_close(r["means"][0], c.expand(5, 8, 2))
+    torch.testing.assert_close(r["variances"][0], torch.full((5, 8), 0.04, dtype=torch.float64))
+    torch.testing.assert_close(r["weights"].sum(-1), torch.ones(4, 5, dtype=torch.float64))
+    assert (r["variances"] > 0).all()
+
+
+def test_mixture_fit_is_per_cluster_mean_and_unbiased_variance():
+    # clusters 40 standard deviations apart: EM's responsibilities are 0 or 1, so one generation on all-real data
+    # must return each cluster's share, sample mean and unbiased spherical variance (divisor d (n_k - 1))
+    c = torch.tensor([[-20.0, 0.0], [20.0, 0.0], [0.0, 20.0]], dtype=torch.float64)
+    n = 60
+    r = self_consuming_mixture(n, 1, centres=c, std=0.5, chains=3, fresh=n, em_steps=3,
+                               generator=torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(4)
+    w0 = torch.full((3, 3), 1 / 3, dtype=torch.float64)
+    x = mixture_sample(w0, c.expand(3, 3, 2), torch.full((3, 3), 0.25, dtype=torch.float64), n, generator=g)
+    for ch in range(3):
+        lab = torch.cdist(x[ch], c).argmin(1)
+        for k in range(3):
+            pts = x[ch][lab == k]
+            assert r["weights"][1, ch, k].item() == pytest.approx(len(pts) / n, abs=1e-12)
+            torch.testing.assert_close(r["means"][1, ch, k], pts.mean(0))
+            var = sum(((p - pts.mean(0)) ** 2).sum().item() for p in pts) / (2 * (len(pts) - 1))
+            assert r["variances"][1, ch, k].item() == pytest.approx(var, rel=1e-9)
+
+
+def test_one_component_mixture_is_the_gaussian_loop():
+    # K = 1, d = 1: the mixture loop is the Gaussian loop; its mean variance must follow self_consuming_moments
+    n, t, lam, chains = 10, 5, 0.9, 20_000
+    r = self_consuming_mixture(n, t, centres=torch.zeros(1, 1, dtype=torch.float64), std=1.0, chains=chains, lam=lam,
+                               generator=torch.Generator().manual_seed(2))
+    v = r["variances"][t, :, 0]
+    exact = self_consuming_moments(n, t, lam=lam)["mean_cov"][t].item()
+    assert abs(v.mean().item() - exact) < 4 * v.std().item() / math.sqrt(chains)
+    assert abs(v.mean().item() - lam ** t) > 4 * v.std().item() / math.sqrt(chains)   # off-by-one rejected
+    mu = r["means"][t, :, 0, 0]
+    exact_mu = self_consuming_moments(n, t, lam=lam)["var_mu"][t].item()
+    assert abs(mu.square().mean().item() - exact_mu) < 4 * mu.square().std().item() / math.sqrt(chains)
+
+
+def test_mixture_sample_moments_and_truncation():
+    g = torch.Generator().manual_seed(0)
+    w = torch.tensor([[0.25, 0.75]], dtype=torch.float64)
+    m = torch.tensor([[[0.0, 0.0], [30.0, -10.0]]], dtype=torch.float64)
+    v = torch.tensor([[1.0, 4.0]], dtype=torch.float64)
+    x = mixture_sample(w, m, v, 200_000, lam=0.5, generator=g)[0]
+    right = x[:, 0] > 15.0
+    assert right.double().mean().item() == pytest.approx(0.75, abs=0.01)
+    assert x[right].var(0).mean().item() == pytest.approx(0.5 * 4.0, rel=0.03)   # variance scaled by lam
+    assert x[~right].var(0).mean().item() < 0.6
+
+
+def test_mixture_diversity_counts_modes_spread_and_pairs():
+    c = _circle()
+    pts = torch.cat([c[[0, 0, 0, 3, 3, 5]], torch.tensor([[10.0, 10.0]], dtype=torch.float64)])
+    d = mixture_diversity(pts.unsqueeze(0), c, radius=0.5, min_share=0.1)
+    assert d["modes"].item() == 3 and d["spread"].item() == 0.0
+    ref = sum((pts[i] - pts[j]).norm().item() for i in range(7) for j in range(7) if i != j) / 42
+    assert d["pairwise"].item() == pytest.approx(ref, rel=1e-12)
+    assert mixture_diversity(pts.unsqueeze(0), c, radius=0.5, min_share=0.2)["modes"].item() == 2
+
+
+def test_fresh_data_keeps_modes_and_truncation_collapses_the_mixture():
+    c, g = _circle(), lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    kw = dict(centres=c, std=0.2, chains=40, em_steps=5)
+    synth = self_consuming_mixture(64, 30, generator=g(), **kw)
+    fresh = self_consuming_mixture(64, 30, fresh=32, generator=g(), **kw)
+    trunc = self_consuming_mixture(64, 30, lam=0.7, generator=g(), **kw)
+    alive = lambda r: (r["weights"][-1] > 1 / 32).sum(1).double().mean().item()  # noqa: E731
+    assert alive(fresh) > alive(synth) + 1
+    spread = lambda r: (r["weights"][-1] * r["variances"][-1]).sum(1).median().item()  # noqa: E731
+    assert spread(trunc) < 0.01 * spread(synth)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(n=1), "n"), (dict(std=0.0), "std"), (dict(lam=0.0), "lam"), (dict(fresh=11), "fresh"),
+    (dict(real="stale"), "real"), (dict(em_steps=0), "em_steps"), (dict(centres=torch.zeros(3)), "centres"),
+    (dict(dtype=torch.int64), "dtype"), (dict(var_floor=0.0), "var_floor"),
+])
+def test_bad_input_mixture(kwargs, match):
+    args = dict(n=10, generations=2, centres=_circle(), std=0.2) | kwargs
+    with pytest.raises(ValueError, match=match):
+        self_consuming_mixture(**args)
+
+
+def test_bad_input_sample_and_diversity():
+    w, m, v = torch.ones(2, 3) / 3, torch.zeros(2, 3, 2), torch.ones(2, 3)
+    for f in (lambda: mixture_sample(w, m, v, 0), lambda: mixture_sample(w, m, -v, 3),
+              lambda: mixture_sample(w[:, :2], m, v, 3), lambda: mixture_sample(w, m, v, 3, lam=1.5),
+              lambda: mixture_diversity(torch.zeros(2, 1, 2), _circle(), radius=0.3),
+              lambda: mixture_diversity(torch.zeros(2, 5, 3), _circle(), radius=0.3),
+              lambda: mixture_diversity(torch.zeros(2, 5, 2), _circle(), radius=0.0)):
+        with pytest.raises(ValueError):
+            f()
