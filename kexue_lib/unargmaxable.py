@@ -22,6 +22,12 @@ Three ways to decide it, all here:
   :math:`w_k` is a vertex of :math:`\mathrm{conv}\{w_i\}`; with bias, iff the lifted point
   :math:`(w_k, b_k)` is a vertex of the hull of the lifted points exposed by a direction
   :math:`(z, 1)`, i.e. lies on a facet whose outward normal has a positive last coordinate.
+* **The article's own form** (:func:`ball_margin`, :func:`ball_minimax_dual`): with the ball
+  :math:`\|z\|_2 \le r` and biases, :math:`\max_{\|z\|\le r}\min_i \langle\Delta w_i, z\rangle + \Delta b_i
+  = \min_{\alpha\in\Delta} r\|\sum_i\alpha_i\Delta w_i\| + \sum_i\alpha_i\Delta b_i`, both sides solved
+  independently (SLSQP for the primal, Kelley's cutting planes for the dual). As :math:`r\to\infty` a
+  class whose :math:`w_k` lies in the hull of the other weights keeps the finite value
+  :func:`interior_bias_margin` (an LP), which a bias can make positive.
 * **Frank-Wolfe** (the article's route, :func:`min_norm_in_hull`): by the minimax theorem,
   :math:`\max_{\|z\|\le 1}\min_i\langle w_k - w_i, z\rangle = \min_{\alpha\in\Delta}
   \|\sum_i \alpha_i (w_k - w_i)\|` when positive; so without bias ``k`` is unargmaxable iff
@@ -57,6 +63,9 @@ __all__ = [
     "unargmaxable_classes",
     "hull_argmaxable",
     "minimax_dual_margin",
+    "ball_margin",
+    "ball_minimax_dual",
+    "interior_bias_margin",
     "min_norm_in_hull",
     "gaussian_hull_expected_vertices",
 ]
@@ -107,7 +116,7 @@ def argmax_margin(W, b=None, k=None, *, radius: float | None = None) -> np.ndarr
     (all classes by default), as a float64 array.
 
     >>> W = np.array([[1., 2.], [2., 1.], [1., 0.], [0., 1.], [1., 1.]])
-    >>> argmax_margin(W, radius=10.0).round(6).tolist()
+    >>> (argmax_margin(W, radius=10.0).round(6) + 0.0).tolist()  # + 0.0 turns -0.0 into 0.0
     [10.0, 10.0, 10.0, 10.0, 0.0]
     """
     W, b = _weights(W, b)
@@ -153,6 +162,105 @@ def minimax_dual_margin(W, b=None, k=None, *, radius: float = 1.0) -> np.ndarray
             raise RuntimeError(f"linprog failed for class {c}: {res.message}")
         out.append(res.fun)
     return np.array(out)
+
+
+def _slsqp_rows(W, b, k):
+    W, b = _weights(W, b)
+    V = W.shape[0]
+    for c in _classes(k, V):
+        others = np.arange(V) != c
+        yield W[c] - W[others], b[c] - b[others]  # (V-1, d) rows dw_i, (V-1,) db_i
+
+
+def ball_margin(W, b=None, k=None, *, radius: float = 1.0) -> np.ndarray:
+    r"""The article's primal with the :math:`\ell_2` ball: :math:`\max_{\|z\|_2\le r}\min_{i\ne k}
+    \langle w_k - w_i, z\rangle + b_k - b_i`, one value per class in ``k`` (all by default).
+
+    Solved as ``max t`` subject to ``<dw_i, z> + db_i >= t`` and ``|z|^2 <= r^2`` by SLSQP (a smooth
+    convex program; accurate to about 1e-7). Compare :func:`ball_minimax_dual`.
+    """
+    radius = check_real("radius", radius, low=0.0, low_open=True)
+    out = []
+    for D, c in _slsqp_rows(W, b, k):
+        d = D.shape[1]
+        cons = [{"type": "ineq", "fun": lambda x, D=D, c=c: D @ x[:d] + c - x[d],
+                 "jac": lambda x, D=D: np.hstack([D, -np.ones((D.shape[0], 1))])},
+                {"type": "ineq", "fun": lambda x: radius**2 - x[:d] @ x[:d],
+                 "jac": lambda x: np.concatenate([-2 * x[:d], [0.0]])}]
+        x0 = np.zeros(d + 1)
+        x0[d] = c.min()
+        res = optimize.minimize(lambda x: -x[d], x0, jac=lambda x: np.eye(d + 1)[d] * -1.0, constraints=cons,
+                                method="SLSQP", options={"ftol": 1e-12, "maxiter": 500})
+        z = res.x[:d]
+        z = z * min(1.0, radius / max(float(np.linalg.norm(z)), 1e-300))  # evaluate at a feasible z
+        out.append(float((D @ z + c).min()))
+    return np.array(out)
+
+
+def ball_minimax_dual(W, b=None, k=None, *, radius: float = 1.0, tol: float = 1e-6, max_cuts: int = 5000) -> np.ndarray:
+    r"""The article's minimax dual with the :math:`\ell_2` ball and biases:
+    :math:`\min_{\alpha\in\Delta} r\,\|\sum_i \alpha_i (w_k - w_i)\|_2 + \sum_i \alpha_i (b_k - b_i)`.
+
+    Solved by Kelley's cutting planes, independently of :func:`ball_margin`: the norm is the maximum
+    of :math:`\langle u, x\rangle` over unit vectors ``u``, so each round solves an LP over
+    ``(alpha, s)`` with cuts :math:`s \ge \langle u_j, \sum_i\alpha_i\Delta w_i\rangle` and adds the
+    cut at the LP's point, until the LP's lower bound and the objective at its ``alpha`` agree within
+    ``tol``. Returns the objective at the best ``alpha`` (an upper bound within ``tol`` of the minimum).
+    """
+    radius = check_real("radius", radius, low=0.0, low_open=True)
+    tol = check_real("tol", tol, low=0.0, low_open=True)
+    max_cuts = check_int("max_cuts", max_cuts, min_value=1)
+    out = []
+    for D, c in _slsqp_rows(W, b, k):
+        m, d = D.shape
+        cuts = [np.eye(d), -np.eye(d)]  # s >= |x_j| to start
+        cost = np.r_[c, radius]
+        A_eq = np.r_[np.ones(m), 0.0][None]
+        best = math.inf
+        for _ in range(max_cuts):
+            U = np.vstack(cuts)  # (cuts, d)
+            A_ub = np.hstack([U @ D.T, -np.ones((U.shape[0], 1))])  # <u, D^T alpha> - s <= 0
+            res = optimize.linprog(cost, A_ub=A_ub, b_ub=np.zeros(U.shape[0]), A_eq=A_eq, b_eq=[1.0],
+                                   bounds=[(0, None)] * (m + 1), method="highs")
+            if res.status != 0:  # pragma: no cover - feasible (any alpha, large s) and bounded (s >= 0)
+                raise RuntimeError(f"linprog failed: {res.message}")
+            alpha = res.x[:m]
+            x = D.T @ alpha
+            nx = float(np.linalg.norm(x))
+            best = min(best, radius * nx + float(c @ alpha))
+            if best - res.fun <= tol * (1.0 + abs(best)):
+                break
+            cuts.append((x / nx)[None])
+        else:
+            raise RuntimeError(f"no convergence within {max_cuts} cuts (gap {best - res.fun:.3g})")
+        out.append(best)
+    return np.array(out)
+
+
+def interior_bias_margin(W, b, k) -> float:
+    r"""For a class whose weight lies in the hull of the others: the margin its bias buys.
+
+    :math:`\min\{\sum_i \alpha_i (b_k - b_i) : \alpha\in\Delta,\ \sum_i \alpha_i w_i = w_k\}
+    = b_k - \max\{\sum_i\alpha_i b_i : \sum_i\alpha_i w_i = w_k\}`, the limit of
+    :func:`ball_minimax_dual` as :math:`r\to\infty` (an LP). ``nan`` when :math:`w_k` is outside
+    :math:`\mathrm{conv}\{w_i: i\ne k\}` (the program is infeasible: the bias-free margin is then
+    positive). A positive value means class ``k`` wins only thanks to its bias (near ``z = 0``),
+    although the bias-free test calls it unargmaxable.
+    """
+    W, b = _weights(W, b)
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+        raise ValueError(f"k must be one class index, got {k!r}")
+    (c,) = _classes(int(k), W.shape[0])
+    others = np.arange(W.shape[0]) != c
+    D = (W[c] - W[others]).T  # (d, V-1)
+    A_eq = np.vstack([D, np.ones((1, D.shape[1]))])
+    b_eq = np.r_[np.zeros(D.shape[0]), 1.0]
+    res = optimize.linprog(b[c] - b[others], A_eq=A_eq, b_eq=b_eq, bounds=[(0, None)] * D.shape[1], method="highs")
+    if res.status == 2:
+        return math.nan
+    if res.status != 0:  # pragma: no cover - bounded: the cost is bounded on the simplex
+        raise RuntimeError(f"linprog failed for class {c}: {res.message}")
+    return float(res.fun)
 
 
 def _witnesses(W: np.ndarray, b: np.ndarray, n_random: int, seed: int, tol: float, chunk: int = 2048) -> np.ndarray:

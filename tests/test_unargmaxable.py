@@ -8,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import spatial
 
-from kexue_lib.unargmaxable import (argmax_margin, gaussian_hull_expected_vertices, hull_argmaxable, is_argmaxable,
-                                    min_norm_in_hull, minimax_dual_margin, unargmaxable_classes)
+from kexue_lib.unargmaxable import (argmax_margin, ball_margin, ball_minimax_dual, gaussian_hull_expected_vertices,
+                                    hull_argmaxable, interior_bias_margin, is_argmaxable, min_norm_in_hull,
+                                    minimax_dual_margin, unargmaxable_classes)
 
 ARTICLE_W = np.array([[1.0, 2.0], [2.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
 
@@ -90,6 +91,36 @@ def test_minimax_dual_equals_primal():
         np.testing.assert_allclose(minimax_dual_margin(W, b, radius=r), argmax_margin(W, b, radius=r), atol=1e-8)
 
 
+def test_ball_primal_equals_dual_with_bias():
+    rng = np.random.default_rng(4)
+    W, b = rng.standard_normal((15, 3)), rng.standard_normal(15)
+    for r in (0.3, 3.0):
+        p, q = ball_margin(W, b, radius=r), ball_minimax_dual(W, b, radius=r)
+        np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-5)
+        assert (q >= p - 1e-9).all()  # weak duality: the dual's value at any alpha bounds the primal
+    # without bias the ball margin is r times the distance from 0 to conv{w_k - w_i} (sign: argmaxable)
+    m = ball_margin(W, radius=2.0)
+    np.testing.assert_array_equal(m > 1e-7, is_argmaxable(W, method="lp"))
+
+
+def test_ball_article_example_by_hand():
+    # class 5 of the article: best worst margin 0 in the unit ball (at z = 0). Class 1: its differences
+    # w1 - w_i are (-1,1), (0,2), (1,1), (0,1); z = (0,1) gives min 1, and the row (0,1) caps it at z2 <= 1
+    np.testing.assert_allclose(ball_margin(ARTICLE_W, radius=1.0), [1, 1, 1, 1, 0], atol=1e-7)
+    np.testing.assert_allclose(ball_minimax_dual(ARTICLE_W, radius=1.0), [1, 1, 1, 1, 0], atol=1e-6)
+
+
+def test_interior_bias_margin():
+    # class 5 sits at the mean of the others: with bias 0.5 against 0 it gains margin 0.5 near z = 0
+    b = np.array([0, 0, 0, 0, 0.5])
+    assert interior_bias_margin(ARTICLE_W, b, 4) == pytest.approx(0.5)
+    assert interior_bias_margin(ARTICLE_W, -b, 4) == pytest.approx(-0.5)
+    assert np.isnan(interior_bias_margin(ARTICLE_W, b, 0))  # w1 is a vertex: not in the others' hull
+    # the limit of the ball dual for large r, and the sign decides argmaxability with bias
+    assert ball_minimax_dual(ARTICLE_W, b, 4, radius=1e3)[0] == pytest.approx(0.5, abs=1e-5)
+    assert is_argmaxable(ARTICLE_W, b)[4] and not is_argmaxable(ARTICLE_W, -b)[4]
+
+
 @settings(max_examples=6, deadline=None)
 @given(seed=st.integers(0, 10_000), d=st.integers(2, 6))
 def test_equal_norms_all_argmaxable(seed, d):
@@ -154,6 +185,11 @@ def test_gaussian_hull_formula():
         lambda: is_argmaxable(ARTICLE_W, chunk=0),
         lambda: hull_argmaxable(np.ones((3, 3))),
         lambda: minimax_dual_margin(ARTICLE_W, radius=-1.0),
+        lambda: ball_margin(ARTICLE_W, radius=0.0),
+        lambda: ball_minimax_dual(ARTICLE_W, radius=1.0, tol=0.0),
+        lambda: ball_minimax_dual(ARTICLE_W, b=np.ones(2)),
+        lambda: interior_bias_margin(ARTICLE_W, None, [0, 1]),
+        lambda: interior_bias_margin(ARTICLE_W, np.zeros(5), 7),
         lambda: min_norm_in_hull(ARTICLE_W),
         lambda: min_norm_in_hull(torch.ones(1, 3)),
         lambda: min_norm_in_hull(torch.ones(4, 3, dtype=torch.int64)),
