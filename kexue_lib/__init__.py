@@ -25,6 +25,13 @@ Part II, softmax and attention
   attention; causal, bidirectional and mixed-direction heads; LM and MLM objectives (8338, 9529).
 * :mod:`kexue_lib.losses`: training objectives: the symmetric InfoNCE loss (9593).
 
+Part III, efficient and deep Transformers
+
+* :mod:`kexue_lib.heads`: tied and untied LM output heads (half swap, channel shuffle, orthogonal projection),
+  their predicted initial loss and its Monte Carlo (9698).
+* :mod:`kexue_lib.amp`: mixed-precision training: an autocast train step, a static/dynamic loss scaler that skips
+  steps on inf/NaN, ``torch.compile`` with an eager fallback (9059).
+
 Part V, optimizers
 
 * :mod:`kexue_lib.optim`: Lion and Tiger (9473, 9512, 9736).
