@@ -27,6 +27,9 @@ Part II, softmax and attention
 
 Part III, efficient and deep Transformers
 
+* :mod:`kexue_lib.deepnet`: DeepNorm LN(alpha x + F(x)), the paper's alpha/beta and the article's per-optimizer
+  table, beta-scaled Xavier init, the magnitude probe, a Post-LN/Pre-LN/DeepNorm block and stack, plain vs
+  scaled-residual MLPs (8978, 8994).
 * :mod:`kexue_lib.heads`: tied and untied LM output heads (half swap, channel shuffle, orthogonal projection),
   their predicted initial loss and its Monte Carlo (9698).
 * :mod:`kexue_lib.amp`: mixed-precision training: an autocast train step, a static/dynamic loss scaler that skips
