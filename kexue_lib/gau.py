@@ -28,6 +28,12 @@ with :math:`W_{u,v}\in\mathbb R^{d\times e}`, :math:`W_z\in\mathbb R^{d\times s}
 attention. Rotary position embedding (optional, on by default) rotates Q and K. The
 normalization (``attention``, ``length``, ``scale``, ``base``) is a plain attribute, so a model
 trained one way can be evaluated another way. Parameters: :math:`2de + ds + ed + 4s` (+ biases).
+
+Scale at initialization (article 8990): for :math:`X_{ij}\sim\mathcal N(0,1)`, LeCun weights and
+:math:`\mathcal Q=\mathcal K=\mathrm{id}`, the article keeps only the diagonal of :math:`A`,
+:math:`A\approx (s\nu^4/n) I` with :math:`\nu^2=\mathbb E[\phi(\varepsilon)^2]`, and finds
+:math:`\|O\|_{\rm rms}\approx s\nu^6/n`; :func:`init_output_stats` measures the full output next to
+that diagonal-only one. :class:`PostNormGAULM` is the Post-LN stack :math:`x_{l+1}=\mathrm{LN}(x_l+\mathrm{GAU}(x_l))`.
 """
 from __future__ import annotations
 
@@ -40,7 +46,8 @@ from torch import nn
 from ._validate import check_int, check_real, check_tensor
 from .attention import SCALES, relu2_attention, relu2_weights, softmax_attention
 
-__all__ = ["rotary", "relu2_rowsum_weights", "ScaleOffset", "GAU", "GAUEncoder", "ATTENTIONS"]
+__all__ = ["rotary", "relu2_rowsum_weights", "ScaleOffset", "GAU", "GAUEncoder", "ATTENTIONS",
+           "init_output_stats", "PostNormGAULM"]
 
 ATTENTIONS = ("relu2", "softmax")
 
@@ -200,3 +207,77 @@ class GAUEncoder(nn.Module):
         for norm, layer in zip(self.norms, self.layers):
             h = h + layer(norm(h), mask=mask)
         return self.head(self.norms[-1](h))  # (b, n, n_classes)
+
+
+def init_output_stats(unit: GAU, x: torch.Tensor, *, activation=None) -> dict:
+    r"""Scale of a relu² :class:`GAU`'s output on ``x`` next to the article's diagonal approximation.
+
+    门控注意力单元(GAU)还需要Warmup吗? (https://kexue.fm/archives/8990) replaces ``A`` by its diagonal,
+    :math:`O\approx(U\odot\mathrm{diag}(A)V)W_o`. Returns floats (means over batch and positions):
+    ``rms_out`` (the full :math:`\|O\|_{\rm rms}`, equal to ``unit(x)``'s), ``rms_out_diag`` (the same with
+    only the diagonal of ``A`` kept), ``a_diag`` (mean :math:`A_{ii}`), ``a_off`` (mean :math:`A_{ij}`,
+    :math:`i\ne j`), ``off_rowsum`` (mean :math:`\sum_{j\ne i}A_{ij}`), ``a_diag_sq`` (mean :math:`A_{ii}^2`),
+    ``rowsum_sq`` (mean :math:`(\sum_j A_{ij})^2`) and ``a_sq_rowsum`` (mean :math:`\sum_j A_{ij}^2`): with V
+    independent of A, :math:`\mathbb E[(AV)_i^2]=\mu^2\,\mathbb E[(\sum_j A_{ij})^2]+(\nu^2-\mu^2)\,\mathbb E[\sum_j A_{ij}^2]`.
+    ``activation`` (a callable,
+    default swish = the unit's own) replaces :math:`\phi` in U, V and Z, e.g. ``torch.relu`` to test the
+    :math:`\lambda^7` homogeneity. Needs ``attention="relu2"`` with a non-causal unit and ``n >= 2``;
+    ``x``: ``(batch, n, d_model)``. No gradients are kept.
+    """
+    if not isinstance(unit, GAU):
+        raise ValueError(f"unit must be a GAU, got {type(unit).__name__}")
+    if unit.attention != "relu2" or unit.length == "rowsum" or unit.causal:
+        raise ValueError("init_output_stats needs a non-causal GAU with attention='relu2' and a length "
+                         f"normalizer, got attention={unit.attention!r}, length={unit.length!r}, causal={unit.causal}")
+    if activation is not None and not callable(activation):
+        raise ValueError(f"activation must be a callable or None, got {activation!r}")
+    check_tensor("x", x, ndim=3, floating=True)
+    if x.shape[-1] != unit.d_model or x.shape[1] < 2:
+        raise ValueError(f"x must be (batch, n >= 2, {unit.d_model}), got {tuple(x.shape)}")
+    act = F.silu if activation is None else activation
+    with torch.no_grad():
+        u, v = act(unit.to_uv(x)).chunk(2, dim=-1)  # (b, n, e) each
+        z = act(unit.to_z(x))  # (b, n, s)
+        q, k = unit.q_affine(z), unit.k_affine(z)
+        if unit.rope:
+            q, k = rotary(q), rotary(k)
+        a = relu2_weights(q, k, length=unit.length, scale=unit.scale)  # (b, n, n)
+        diag = torch.diagonal(a, dim1=-2, dim2=-1)  # (b, n)
+        o = unit.out(u * (a @ v))  # (b, n, d)
+        o_diag = unit.out(u * (diag[..., None] * v))  # (b, n, d)
+        n = a.shape[-1]
+        off = a.sum(-1) - diag  # (b, n)
+        return {"rms_out": float(o.square().mean().sqrt()), "rms_out_diag": float(o_diag.square().mean().sqrt()),
+                "a_diag": float(diag.mean()), "a_off": float(off.mean() / (n - 1)), "off_rowsum": float(off.mean()),
+                "a_diag_sq": float(diag.square().mean()), "rowsum_sq": float(a.sum(-1).square().mean()),
+                "a_sq_rowsum": float(a.square().sum(-1).mean())}
+
+
+class PostNormGAULM(nn.Module):
+    r"""Post-LN stack of GAUs: :math:`x_{l+1}=\mathrm{LN}(x_l+\mathrm{GAU}(x_l))`, then a linear head.
+
+    The setting of 门控注意力单元(GAU)还需要Warmup吗? (https://kexue.fm/archives/8990): with standard
+    (LeCun) initialization each GAU branch is small next to :math:`x_l`, so the stack starts close to the
+    identity and the article expects it to train without warmup. ``(batch, n)`` token ids ->
+    ``(batch, n, vocab)`` logits; token embeddings are standard normal (``nn.Embedding``'s default), the
+    unit-scale input the article assumes; positions come from the GAUs' rotary embedding. Keyword
+    arguments go to every :class:`GAU` (``causal=True`` for a language model).
+    """
+
+    def __init__(self, vocab: int, *, d_model: int = 64, depth: int = 4, **gau_kwargs):
+        super().__init__()
+        vocab = check_int("vocab", vocab, min_value=1)
+        d_model, depth = check_int("d_model", d_model, min_value=1), check_int("depth", depth, min_value=1)
+        self.embed = nn.Embedding(vocab, d_model)
+        self.layers = nn.ModuleList(GAU(d_model, **gau_kwargs) for _ in range(depth))
+        self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(depth))
+        self.head = nn.Linear(d_model, vocab)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        check_tensor("tokens", tokens, ndim=2)
+        if tokens.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"tokens must be an integer tensor, got {tokens.dtype}")
+        h = self.embed(tokens)  # (b, n, d)
+        for layer, norm in zip(self.layers, self.norms):
+            h = norm(h + layer(h, mask=mask))  # Post-LN: normalize after the residual sum
+        return self.head(h)  # (b, n, vocab)

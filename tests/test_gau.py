@@ -238,3 +238,92 @@ def test_rowsum_gradients_are_finite():
     with pytest.raises(ValueError):
         unit.set_normalization(length="row_sum")
     assert unit.length == "rowsum"
+
+
+# ---- article 8990: scale at initialization and the Post-LN stack ----
+
+def ref_init_stats(unit, x, act):
+    """Loop reference in float64: A entry by entry, the diagonal-only output, the off-diagonal means."""
+    W = unit.to_uv.weight.T
+    u, v = act(x @ W[:, : unit.e]), act(x @ W[:, unit.e:])
+    z = act(x @ unit.to_z.weight.T)
+    q = z * unit.q_affine.gamma + unit.q_affine.beta
+    k = z * unit.k_affine.gamma + unit.k_affine.beta
+    b, n, _ = x.shape
+    a = torch.zeros(b, n, n, dtype=F64)
+    for bi in range(b):
+        for i in range(n):
+            for j in range(n):
+                a[bi, i, j] = torch.relu(q[bi, i] @ k[bi, j] / math.sqrt(unit.s)) ** 2 / n
+    wo = unit.out.weight.T
+    o = (u * (a @ v)) @ wo
+    d = torch.diagonal(a, dim1=-2, dim2=-1)
+    o_diag = (u * d[..., None] * v) @ wo
+    off = a.sum(-1) - d
+    return {"rms_out": float(o.pow(2).mean().sqrt()), "rms_out_diag": float(o_diag.pow(2).mean().sqrt()),
+            "a_diag": float(d.mean()), "a_off": float(a.sum() - d.sum()) / (b * n * (n - 1)),
+            "off_rowsum": float(off.mean()), "a_diag_sq": float(d.pow(2).mean()),
+            "rowsum_sq": float(a.sum(-1).pow(2).mean()), "a_sq_rowsum": float(a.pow(2).sum(-1).mean())}
+
+
+@pytest.mark.parametrize("act", [None, torch.relu])
+def test_init_output_stats_matches_loop_reference_and_the_unit(act):
+    from kexue_lib.gau import init_output_stats
+    unit = make(rope=False)
+    x = x_in(n=6)
+    got = init_output_stats(unit, x, activation=act)
+    with torch.no_grad():
+        want = ref_init_stats(unit, x, F.silu if act is None else act)
+    for key in want:
+        assert got[key] == pytest.approx(want[key], rel=1e-10), key
+    if act is None:
+        with torch.no_grad():
+            assert got["rms_out"] == pytest.approx(float(unit(x).square().mean().sqrt()), rel=1e-12)
+
+
+def test_init_output_stats_relu_scales_as_lambda_to_the_seventh():
+    """Positively homogeneous phi: every weight times 1/2 gives an output 2^-7 times smaller (exact in binary)."""
+    from kexue_lib.gau import init_output_stats
+    torch.manual_seed(0)
+    unit = GAU(12, key_dim=6, rope=False).double()
+    x = x_in(n=5)
+    base = init_output_stats(unit, x, activation=torch.relu)["rms_out"]
+    with torch.no_grad():
+        for lin in (unit.to_uv, unit.to_z, unit.out):
+            lin.weight.mul_(0.5)
+    assert init_output_stats(unit, x, activation=torch.relu)["rms_out"] == pytest.approx(base * 2.0 ** -7, rel=1e-12)
+    assert init_output_stats(unit, x)["rms_out"] < 0.5 * base  # swish is not homogeneous: not a check of 2^-7
+
+
+@pytest.mark.parametrize("call", [
+    lambda: __import__("kexue_lib.gau", fromlist=["x"]).init_output_stats(GAU(8, causal=True), torch.randn(1, 3, 8)),
+    lambda: __import__("kexue_lib.gau", fromlist=["x"]).init_output_stats(GAU(8, attention="softmax"), torch.randn(1, 3, 8)),
+    lambda: __import__("kexue_lib.gau", fromlist=["x"]).init_output_stats(GAU(8), torch.randn(1, 1, 8)),
+    lambda: __import__("kexue_lib.gau", fromlist=["x"]).init_output_stats(GAU(8), torch.randn(1, 3, 8), activation=2),
+    lambda: __import__("kexue_lib.gau", fromlist=["x"]).init_output_stats(torch.nn.Linear(8, 8), torch.randn(1, 3, 8)),
+])
+def test_init_output_stats_bad_input(call):
+    with pytest.raises(ValueError):
+        call()
+
+
+def test_post_norm_lm_is_post_ln_causal_and_validates():
+    from kexue_lib.gau import PostNormGAULM
+    torch.manual_seed(0)
+    model = PostNormGAULM(10, d_model=16, depth=3, key_dim=8, causal=True).double()
+    tokens = torch.randint(0, 10, (2, 9))
+    with torch.no_grad():
+        logits = model(tokens)
+        assert logits.shape == (2, 9, 10)
+        # Post-LN by hand: LN after each residual sum
+        h = model.embed(tokens)
+        for layer, norm in zip(model.layers, model.norms):
+            h = F.layer_norm(h + layer(h), (16,), norm.weight, norm.bias, norm.eps)
+        torch.testing.assert_close(logits, model.head(h))
+        changed = tokens.clone()
+        changed[:, 6:] = (changed[:, 6:] + 1) % 10
+        torch.testing.assert_close(model(changed)[:, :6], logits[:, :6])  # causal: the future is invisible
+    with pytest.raises(ValueError):
+        model(tokens.float())
+    with pytest.raises(ValueError):
+        PostNormGAULM(10, depth=0)
