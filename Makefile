@@ -6,6 +6,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 NOTEBOOKS ?= $(wildcard notebooks/*.ipynb)
+# pytest-xdist workers for `make test`: each notebook runs whole on one worker (one thread per kernel).
+TEST_WORKERS ?= 2
 
 # The floating-point path, pinned for `make test` and `make execute` so that stored outputs reproduce on
 # any x86-64 CPU (AVX2 or AVX-512, any core count). Each switch changes printed digits on an AVX-512 machine
@@ -29,6 +31,11 @@ UNPINNED := env -u ATEN_CPU_CAPABILITY -u ONEDNN_MAX_CPU_ISA -u MKL_CBWR -u OPEN
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[book,test,peers]"
+	# bytepiece (the tokenizer chapter's peer) builds against pyahocorasick in bytes mode, which needs
+	# these three steps; it cannot be a plain requirement.
+	$(PY) -m pip install --quiet -c constraints.txt Cython
+	AHOCORASICK_BYTES=1 $(PY) -m pip install --quiet -c constraints.txt --no-binary pyahocorasick pyahocorasick
+	$(PY) -m pip install --quiet -c constraints.txt --no-build-isolation bytepiece
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -42,7 +49,8 @@ book: install mathjax
 	@echo "The book is in _build/html: open _build/html/index.html in a browser."
 
 test: install mathjax
-	env $(FP_PINS) $(PY) -m pytest tests notebooks --nbval --nbval-current-env -p no:cacheprovider --durations=30
+	env $(FP_PINS) $(PY) -m pytest tests notebooks --nbval --nbval-current-env -p no:cacheprovider --durations=30 \
+		-n $(TEST_WORKERS) --dist loadfile
 
 execute: install
 	env $(FP_PINS) $(PY) tools/execute_notebooks.py $(NOTEBOOKS)
