@@ -17,7 +17,7 @@ Part I, probability and generative models
 Part II, softmax and attention
 
 * :mod:`kexue_lib.attention`: softmax (SDPA, named scales), relu², linear and Performer attention (9034, 9019, 8338).
-* :mod:`kexue_lib.gau`: the gated attention unit (9019; FLASH).
+* :mod:`kexue_lib.gau`: the gated attention unit, its output scale at initialization and a Post-LN GAU LM (9019, 8990; FLASH).
 * :mod:`kexue_lib.jl`: Johnson-Lindenstrauss projections and distortion (9588).
 * :mod:`kexue_lib.cost`: FLOP model and wall-clock of a BERT-style layer (8610).
 * :mod:`kexue_lib.unargmaxable`: classes that can never win the argmax (9046).
@@ -27,6 +27,8 @@ Part II, softmax and attention
 
 Part III, efficient and deep Transformers
 
+* :mod:`kexue_lib.flash`: FLASH's mixed chunk attention (relu² inside chunks, chunked linear attention across
+  them), its normalisers, padding masks and the local/global ablation (8934).
 * :mod:`kexue_lib.deepnet`: DeepNorm LN(alpha x + F(x)), the paper's alpha/beta and the article's per-optimizer
   table, beta-scaled Xavier init, the magnitude probe, a Post-LN/Pre-LN/DeepNorm block and stack, plain vs
   scaled-residual MLPs (8978, 8994).
