@@ -39,7 +39,17 @@ Part III, efficient and deep Transformers
 
 Part V, optimizers
 
-* :mod:`kexue_lib.optim`: Lion and Tiger (9473, 9512, 9736).
+* :mod:`kexue_lib.optim`: Lion, Tiger, LAMB and the sign-power family (9473, 9512, 9736).
+
+Part VI, losses and objectives
+
+* :mod:`kexue_lib.multitask`: multi-task weightings (initial/prior/real-time normalisation, generalised mean,
+  uncertainty, gradient norm) and the primary/auxiliary update (closed form, coordinate rule, NNLS) (8870, 8907).
+
+Part VII, sequences and tokenizers
+
+* :mod:`kexue_lib.long_range`: a synthetic fine-grained sequence-classification task, a gated diagonal
+  linear-recurrence (EMA) baseline, self-pretraining then fine-tuning (9787).
 """
 from . import runtime, verify
 
