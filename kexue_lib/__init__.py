@@ -43,11 +43,17 @@ Part V, optimizers
 
 Part VI, losses and objectives
 
+* :mod:`kexue_lib.cosent`: the CoSENT ranking loss on cosines, the exact sort-and-scan threshold, the article's
+  Powell threshold and class-weight searches, a PSD factorization (8847, 8860).
+* :mod:`kexue_lib.emo`: the EMO loss (earth mover's distance to a one-hot label under the cosine cost of a frozen
+  embedding, O(B V + V d) memory), the CE + EMO mix and soft-label OT bounds (9797).
 * :mod:`kexue_lib.multitask`: multi-task weightings (initial/prior/real-time normalisation, generalised mean,
   uncertainty, gradient norm) and the primary/auxiliary update (closed form, coordinate rule, NNLS) (8870, 8907).
 
 Part VII, sequences and tokenizers
 
+* :mod:`kexue_lib.tokenize`: a BytePiece-style byte-level unigram tokenizer: n-gram training with pruning, exact
+  Viterbi, alpha sampling, lossless encode/decode of any bytes, JSON save/load (9752).
 * :mod:`kexue_lib.long_range`: a synthetic fine-grained sequence-classification task, a gated diagonal
   linear-recurrence (EMA) baseline, self-pretraining then fine-tuning (9787).
 """
