@@ -23,7 +23,8 @@ Part II, softmax and attention
 * :mod:`kexue_lib.unargmaxable`: classes that can never win the argmax (9046).
 * :mod:`kexue_lib.toy_lm`: a tiny Transformer on a synthetic Markov language: softmax, linear and local linear
   attention; causal, bidirectional and mixed-direction heads; LM and MLM objectives (8338, 9529).
-* :mod:`kexue_lib.losses`: training objectives: the symmetric InfoNCE loss (9593).
+* :mod:`kexue_lib.losses`: training objectives: the symmetric InfoNCE loss (9593); ZLPR for hard and soft labels
+  with masking, sigma(2s) probabilities and ECE (9064); re-exports CoSENT and EMO (Part VI).
 
 Part III, efficient and deep Transformers
 
@@ -43,6 +44,8 @@ Part V, optimizers
 
 Part VI, losses and objectives
 
+* :mod:`kexue_lib.global_pointer`: GlobalPointer and Efficient GlobalPointer span heads (RoPE q.k per type,
+  upper-triangular span mask), span decoding, micro span F1, TPLinker's additive scorer (8373, 8877).
 * :mod:`kexue_lib.cosent`: the CoSENT ranking loss on cosines, the exact sort-and-scan threshold, the article's
   Powell threshold and class-weight searches, a PSD factorization (8847, 8860).
 * :mod:`kexue_lib.emo`: the EMO loss (earth mover's distance to a one-hot label under the cosine cost of a frozen

@@ -47,3 +47,184 @@ def test_info_nce_rejects_bad_input():
         info_nce_loss(torch.zeros(4, 3), a, tau=1.0)
     with pytest.raises(ValueError):
         info_nce_loss(a.long(), a.long(), tau=1.0)
+
+
+# ---- ZLPR (kexue.fm/archives/9064) ------------------------------------------------------------------------------
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kexue_lib.losses import (
+    expected_calibration_error,
+    multilabel_categorical_crossentropy,
+    sparse_multilabel_categorical_crossentropy,
+    zlpr_probs,
+)
+
+
+def _zlpr_loop(s, t, keep=None):
+    """The soft ZLPR loss written out class by class in float64 (``keep`` lists the classes not masked)."""
+    out = []
+    for row_s, row_t in zip(s.double().tolist(), t.double().tolist()):
+        idx = range(len(row_s)) if keep is None else keep
+        pos = 1.0 + sum(row_t[i] * math.exp(-row_s[i]) for i in idx)
+        neg = 1.0 + sum((1 - row_t[i]) * math.exp(row_s[i]) for i in idx)
+        out.append(math.log(pos) + math.log(neg))
+    return out
+
+
+def test_zlpr_matches_loop_reference_soft_and_hard():
+    g = torch.Generator().manual_seed(0)
+    s = 3 * torch.randn(6, 9, generator=g, dtype=torch.float64)
+    t = torch.rand(6, 9, generator=g, dtype=torch.float64)
+    assert multilabel_categorical_crossentropy(s, t).tolist() == pytest.approx(_zlpr_loop(s, t), rel=1e-12)
+    hard = (torch.rand(6, 9, generator=g) < 0.3)
+    assert multilabel_categorical_crossentropy(s, hard).tolist() == pytest.approx(_zlpr_loop(s, hard), rel=1e-12)
+
+
+def test_zlpr_batched_shape_and_leading_axes():
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(2, 3, 7, generator=g), torch.rand(2, 3, 7, generator=g)
+    out = multilabel_categorical_crossentropy(s, t)
+    assert out.shape == (2, 3)
+    torch.testing.assert_close(out.reshape(-1), multilabel_categorical_crossentropy(s.reshape(6, 7), t.reshape(6, 7)))
+
+
+def test_zlpr_gradcheck_float64():
+    g = torch.Generator().manual_seed(2)
+    s = torch.randn(4, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.rand(4, 6, generator=g, dtype=torch.float64)
+    t[0, 0], t[1, 1] = 0.0, 1.0
+    assert torch.autograd.gradcheck(lambda x: multilabel_categorical_crossentropy(x, t), (s,))
+    s_m = s.detach().clone()
+    s_m[2, 3] = -1e7
+    s_m.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: multilabel_categorical_crossentropy(x, t, mask_value=-1e6), (s_m,))
+
+
+def test_zlpr_zero_gradient_at_half_logit():
+    t = torch.tensor([[0.1, 0.5, 0.9, 0.3, 0.99]], dtype=torch.float64)
+    s = (0.5 * torch.log(t / (1 - t))).requires_grad_(True)
+    multilabel_categorical_crossentropy(s, t).sum().backward()
+    assert float(s.grad.abs().max()) < 1e-14
+    torch.testing.assert_close(zlpr_probs(s.detach()), t)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("masked", [-math.inf, -1e4])
+def test_zlpr_masked_classes_excluded_no_nan(dtype, masked):
+    g = torch.Generator().manual_seed(3)
+    s = torch.randn(3, 6, generator=g)
+    t = torch.rand(3, 6, generator=g)
+    t[:, 2] = 0.0
+    ref = _zlpr_loop(s, t, keep=[0, 1, 3, 4, 5])
+    s_m = s.clone()
+    s_m[:, 2] = masked
+    x = s_m.to(dtype).requires_grad_(True)
+    loss = multilabel_categorical_crossentropy(x, t.to(dtype), mask_value=-1e3)
+    loss.sum().backward()
+    assert loss.dtype == dtype and bool(torch.isfinite(loss).all()) and bool(torch.isfinite(x.grad).all())
+    assert float(x.grad[:, 2].abs().max()) == 0.0
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert loss.float().tolist() == pytest.approx(ref, rel=tol)
+    # a smoothed (nonzero) target on a masked class is ignored too: no leak back
+    t2 = t.clone()
+    t2[:, 2] = 0.05
+    loss2 = multilabel_categorical_crossentropy(s_m.to(dtype), t2.to(dtype), mask_value=-1e3)
+    assert loss2.float().tolist() == pytest.approx(_zlpr_loop(s, t2, keep=[0, 1, 3, 4, 5]), rel=tol)
+
+
+def test_zlpr_very_negative_score_with_zero_target_needs_no_mask_value():
+    s = torch.tensor([[0.3, -1e7, -0.2]], dtype=torch.float64)
+    t = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
+    got = float(multilabel_categorical_crossentropy(s, t))
+    assert got == pytest.approx(_zlpr_loop(s[:, [0, 2]], t[:, [0, 2]])[0], rel=1e-12)
+    # the naive clipped version leaks: -s + log(eps) is about 1e7
+    eps = 1e-7
+    tc = t.clamp(eps, 1 - eps)
+    naive = torch.logsumexp(torch.cat([-s + tc.log(), torch.zeros(1, 1, dtype=s.dtype)], -1), -1)
+    assert float(naive) > 1e6
+
+
+def test_zlpr_sparse_equals_dense():
+    g = torch.Generator().manual_seed(4)
+    s = torch.randn(4, 8, generator=g, dtype=torch.float64)
+    idx = torch.tensor([[0, 3], [5, -1], [-1, -1], [7, 1]])
+    dense = torch.zeros(4, 8, dtype=torch.float64)
+    for r, row in enumerate(idx.tolist()):
+        for c in row:
+            if c >= 0:
+                dense[r, c] = 1.0
+    torch.testing.assert_close(sparse_multilabel_categorical_crossentropy(s, idx),
+                               multilabel_categorical_crossentropy(s, dense), rtol=0, atol=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 6), st.floats(-20, 20), st.floats(0, 1))
+def test_zlpr_property_below_bce_and_nonnegative(n, shift, tval):
+    g = torch.Generator().manual_seed(n)
+    s = torch.randn(2, n, generator=g, dtype=torch.float64) + shift
+    t = torch.full((2, n), tval, dtype=torch.float64)
+    loss = multilabel_categorical_crossentropy(s, t)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(s, t, reduction="none").sum(-1)
+    assert bool((loss >= 0).all())
+    # at hard labels ZLPR is BCE with the (nonnegative) cross terms dropped
+    if tval in (0.0, 1.0):
+        assert bool((loss <= bce + 1e-9).all())
+
+
+def test_zlpr_rejects_bad_input():
+    s = torch.randn(2, 3)
+    with pytest.raises(ValueError):
+        multilabel_categorical_crossentropy(s, torch.rand(2, 4))
+    with pytest.raises(ValueError):
+        multilabel_categorical_crossentropy(s, torch.full((2, 3), 1.5))
+    with pytest.raises(ValueError):
+        multilabel_categorical_crossentropy(s, torch.full((2, 3), math.nan))
+    with pytest.raises(ValueError):
+        multilabel_categorical_crossentropy(s, torch.rand(2, 3), eps=0.0)
+    with pytest.raises(ValueError):
+        multilabel_categorical_crossentropy(s.long(), torch.rand(2, 3))
+    bad = s.clone()
+    bad[0, 0] = math.nan
+    with pytest.raises(ValueError):
+        multilabel_categorical_crossentropy(bad, torch.rand(2, 3))
+    with pytest.raises(ValueError):
+        sparse_multilabel_categorical_crossentropy(s, torch.tensor([[0, 0], [1, -1]]))
+    with pytest.raises(ValueError):
+        sparse_multilabel_categorical_crossentropy(s, torch.tensor([[3], [1]]))
+    with pytest.raises(ValueError):
+        sparse_multilabel_categorical_crossentropy(s, torch.tensor([[0.0], [1.0]]))
+    with pytest.raises(ValueError):
+        zlpr_probs(torch.tensor([1, 2]))
+    with pytest.raises(ValueError):
+        expected_calibration_error(torch.rand(5), torch.rand(4))
+    with pytest.raises(ValueError):
+        expected_calibration_error(torch.rand(5), torch.rand(5), bins=0)
+
+
+def test_expected_calibration_error_loop_reference():
+    g = torch.Generator().manual_seed(5)
+    p, y = torch.rand(200, generator=g, dtype=torch.float64), (torch.rand(200, generator=g) < 0.4).double()
+    total = 0.0
+    for b in range(10):
+        sel = [i for i in range(200) if min(int(p[i] * 10), 9) == b]
+        if sel:
+            total += len(sel) / 200 * abs(sum(float(p[i]) for i in sel) / len(sel) - sum(float(y[i]) for i in sel) / len(sel))
+    assert float(expected_calibration_error(p, y)) == pytest.approx(total, rel=1e-12)
+    assert float(expected_calibration_error(p, p)) == 0.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_zlpr_cuda_matches_cpu():
+    g = torch.Generator().manual_seed(6)
+    s, t = torch.randn(5, 7, generator=g), torch.rand(5, 7, generator=g)
+    s[0, 0] = -math.inf
+    out = multilabel_categorical_crossentropy(s.cuda(), t.cuda())
+    assert out.device.type == "cuda"
+    torch.testing.assert_close(out.cpu(), multilabel_categorical_crossentropy(s, t))
+
+
+def test_part_vi_losses_are_reexported_from_one_module():
+    from kexue_lib import cosent, emo, losses
+    assert losses.cosent_loss is cosent.cosent_loss
+    assert losses.emo_loss is emo.emo_loss and losses.emo_ce_mix is emo.emo_ce_mix
