@@ -22,6 +22,8 @@ RUNS = [
     ("bench_optim.py", {"MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**31)}),
     ("bench_attention.py", {}),
     ("bench_sector_mc.py", {}),
+    ("bench_rnn.py", {}),
+    ("bench_tokenize.py", {}),
 ]
 
 
