@@ -46,6 +46,7 @@ __all__ = [
     "aux_coefficient",
     "primary_aux_direction",
     "l2_constrained_grad",
+    "primary_aux_hybrid",
 ]
 
 
@@ -244,3 +245,32 @@ def l2_constrained_grad(g: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     if not bool(den > 0):
         raise ValueError("theta must be non-zero")
     return g + (torch.relu(-(gf * tf).sum()) / den) * theta
+
+
+def primary_aux_hybrid(P: torch.Tensor, H: torch.Tensor, *, tol: float = 1e-15,
+                       maxiter: int = 1000) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Several primary tasks (rows of ``P``, ``(n, d)``) and auxiliary tasks (rows of ``H``, ``(m, d)``, ``m`` may be 0).
+
+    Solves :math:`\min_{\alpha\in\Delta^n,\lambda\ge0}\tfrac12\|P^\top\alpha + H^\top\lambda\|^2` (article 8907's
+    hybrid of part (2)'s min-norm point and part (3)'s constraints) with SLSQP in float64 on the CPU and returns
+    ``(u, alpha, lam)``, ``u = P.T @ alpha + H.T @ lam``. At the optimum every primary loss falls at rate
+    :math:`\langle u, p_i\rangle \ge \|u\|^2` and no auxiliary one rises, :math:`\langle u, h_j\rangle \ge 0`.
+    """
+    check_tensor("P", P, ndim=2, floating=True)
+    check_tensor("H", H, ndim=2, floating=True)
+    if P.shape[0] < 1 or H.shape[1] != P.shape[1]:
+        raise ValueError(f"P must be (n >= 1, d) and H (m, d), got {tuple(P.shape)} and {tuple(H.shape)}")
+    tol = check_real("tol", tol, low=0.0)
+    maxiter = check_int("maxiter", maxiter, min_value=1)
+    n, m = P.shape[0], H.shape[0]
+    M = torch.cat([P, H]).detach().to("cpu", torch.float64).numpy()  # (n + m, d)
+    ones = np.r_[np.ones(n), np.zeros(m)]  # (n + m,)
+    res = optimize.minimize(lambda x: 0.5 * float((x @ M) @ (x @ M)), np.r_[np.full(n, 1.0 / n), np.zeros(m)],
+                            jac=lambda x: M @ (x @ M), method="SLSQP", bounds=[(0.0, None)] * (n + m),
+                            constraints=[{"type": "eq", "fun": lambda x: x @ ones - 1.0, "jac": lambda x: ones}],
+                            options={"ftol": tol, "maxiter": maxiter})
+    if not res.success:  # pragma: no cover - a convex QP with a feasible start
+        raise RuntimeError(f"SLSQP failed: {res.message}")
+    x = torch.as_tensor(np.clip(res.x, 0.0, None), dtype=P.dtype, device=P.device)  # (n + m,)
+    alpha, lam = x[:n] / x[:n].sum(), x[n:]
+    return alpha @ P + lam @ H, alpha, lam

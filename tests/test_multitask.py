@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 from scipy.optimize import nnls
 
 from kexue_lib.multitask import (aux_coefficient, combine_normalized_grads, generalized_mean, l2_constrained_grad, mtl_loss,
-                                 normalized_grad_sum, primary_aux_direction, prior_loss_ce, prior_loss_mse,
+                                 normalized_grad_sum, primary_aux_direction, primary_aux_hybrid, prior_loss_ce, prior_loss_mse,
                                  realtime_normalized, reference_normalized, uncertainty_weighted)
 
 
@@ -162,3 +162,37 @@ def test_cuda():
     assert u.device.type == lam.device.type == "cuda"
     L = torch.rand(3, device="cuda") + 0.1
     assert generalized_mean(L, gamma=0.0).device.type == "cuda"
+
+
+def test_hybrid_reduces_to_nnls_and_min_norm():
+    gen = torch.Generator().manual_seed(11)
+    for _ in range(5):
+        g0 = torch.randn(1, 8, generator=gen, dtype=torch.float64)
+        H = torch.randn(3, 8, generator=gen, dtype=torch.float64)
+        u, alpha, lam = primary_aux_hybrid(g0, H)
+        ref, _ = nnls(H.numpy().T, -g0[0].numpy())
+        np.testing.assert_allclose(lam.numpy(), ref, atol=1e-6)
+        assert float(alpha) == 1.0
+        P = torch.randn(2, 8, generator=gen, dtype=torch.float64)
+        a, b = P[0].tolist(), P[1].tolist()  # two primaries, no auxiliary: min-norm point on the segment
+        num = sum(y * (y - x) for x, y in zip(a, b))
+        den = sum((x - y) ** 2 for x, y in zip(a, b))
+        t = min(1.0, max(0.0, num / den))
+        u2, alpha2, lam2 = primary_aux_hybrid(P, P[:0])
+        np.testing.assert_allclose(alpha2.numpy(), [t, 1 - t], atol=1e-6)
+        assert lam2.numel() == 0
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 3), st.integers(0, 3))
+def test_hybrid_kkt(seed, n, m):
+    gen = torch.Generator().manual_seed(seed)
+    P = torch.randn(n, 10, generator=gen, dtype=torch.float64)
+    H = torch.randn(m, 10, generator=gen, dtype=torch.float64)
+    u, alpha, lam = primary_aux_hybrid(P, H)
+    uu = float(u @ u)
+    assert float((P @ u).min()) >= uu - 1e-6 * (1 + uu)
+    if m:
+        assert float((H @ u).min()) >= -1e-6
+    with pytest.raises(ValueError):
+        primary_aux_hybrid(P, torch.ones(m, 9, dtype=torch.float64))
