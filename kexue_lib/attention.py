@@ -208,6 +208,22 @@ def _causal_linear(fq, fk, v, chunk: int, eps: float):
     return out.reshape(*lead, g * c, -1)[..., :n, :]
 
 
+def _features(q, k, feature_map):
+    """``(phi(q), phi(k))`` for the feature maps of :func:`linear_attention` (``"exp"`` leaves keys unshifted)."""
+    if feature_map is None:
+        fq, fk = q, k
+    elif callable(feature_map):
+        fq, fk = feature_map(q), feature_map(k)
+    elif feature_map in FEATURE_MAPS:
+        fq = FEATURE_MAPS[feature_map](q)
+        fk = torch.exp(k) if feature_map == "exp" else FEATURE_MAPS[feature_map](k)
+    else:
+        raise ValueError(f"feature_map must be None, a callable or one of {tuple(FEATURE_MAPS)}, got {feature_map!r}")
+    if fq.shape[:-1] != q.shape[:-1] or fk.shape[:-1] != k.shape[:-1] or fq.shape[-1] != fk.shape[-1]:
+        raise ValueError("the feature map must keep the leading dims and give q and k the same feature dim")
+    return fq, fk
+
+
 def linear_attention(q, k, v, *, causal: bool = False, feature_map="elu1", eps: float = 1e-6,
                      chunk_size: int = 64) -> torch.Tensor:
     """Kernelized attention in O(n): ``phi(q) [sum_j phi(k_j) v_j^T] / (phi(q) . sum_j phi(k_j))``.
@@ -221,17 +237,7 @@ def linear_attention(q, k, v, *, causal: bool = False, feature_map="elu1", eps: 
     chunk_size = check_int("chunk_size", chunk_size, min_value=1)
     if causal and q.shape[-2] != k.shape[-2]:
         raise ValueError(f"causal linear attention needs n_q == n_k, got {q.shape[-2]} and {k.shape[-2]}")
-    if feature_map is None:
-        fq, fk = q, k
-    elif callable(feature_map):
-        fq, fk = feature_map(q), feature_map(k)
-    elif feature_map in FEATURE_MAPS:
-        fq = FEATURE_MAPS[feature_map](q)
-        fk = torch.exp(k) if feature_map == "exp" else FEATURE_MAPS[feature_map](k)
-    else:
-        raise ValueError(f"feature_map must be None, a callable or one of {tuple(FEATURE_MAPS)}, got {feature_map!r}")
-    if fq.shape[:-1] != q.shape[:-1] or fk.shape[:-1] != k.shape[:-1] or fq.shape[-1] != fk.shape[-1]:
-        raise ValueError("the feature map must keep the leading dims and give q and k the same feature dim")
+    fq, fk = _features(q, k, feature_map)
     if causal:
         return _causal_linear(fq, fk, v, chunk_size, eps)
     kv = fk.transpose(-1, -2) @ v  # (..., m, d_v)
@@ -367,15 +373,7 @@ def local_linear_attention(q, k, v, *, window: int, causal: bool = False, antica
         raise ValueError(f"local linear attention needs n_q == n_k, got {n} and {k.shape[-2]}")
     if causal and anticausal:
         raise ValueError("choose at most one of causal and anticausal")
-    if feature_map is None:
-        fq, fk = q, k
-    elif callable(feature_map):
-        fq, fk = feature_map(q), feature_map(k)
-    elif feature_map in FEATURE_MAPS:
-        fq = FEATURE_MAPS[feature_map](q)
-        fk = torch.exp(k) if feature_map == "exp" else FEATURE_MAPS[feature_map](k)
-    else:
-        raise ValueError(f"feature_map must be None, a callable or one of {tuple(FEATURE_MAPS)}, got {feature_map!r}")
+    fq, fk = _features(q, k, feature_map)
     idx = torch.arange(n, device=q.device)
     rel = idx[None, :] - idx[:, None]  # j - i
     band = rel.abs() <= window

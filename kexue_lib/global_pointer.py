@@ -89,18 +89,23 @@ def span_scores(q: torch.Tensor, k: torch.Tensor, *, rope: bool = True, theta: f
     return s.masked_fill(~allowed, MASK_VALUE)
 
 
+def _set_head_options(head, hidden_size, types, head_size, rope, theta):
+    """Validate and store the options both span heads share."""
+    head.hidden_size = check_int("hidden_size", hidden_size, min_value=1)
+    head.types = check_int("types", types, min_value=1)
+    head.head_size = check_int("head_size", head_size, min_value=2)
+    if rope and head.head_size % 2:
+        raise ValueError(f"head_size must be even with rope=True, got {head_size}")
+    head.rope, head.theta = bool(rope), check_real("theta", theta, low=1.0)
+
+
 class GlobalPointer(nn.Module):
     """One ``(q, k)`` projection per entity type; ``forward(h (B, n, D), mask (B, n)) -> (B, types, n, n)``."""
 
     def __init__(self, hidden_size: int, types: int, *, head_size: int = 64, rope: bool = True,
                  theta: float = 10000.0, bias: bool = True):
         super().__init__()
-        self.hidden_size = check_int("hidden_size", hidden_size, min_value=1)
-        self.types = check_int("types", types, min_value=1)
-        self.head_size = check_int("head_size", head_size, min_value=2)
-        if rope and self.head_size % 2:
-            raise ValueError(f"head_size must be even with rope=True, got {head_size}")
-        self.rope, self.theta = bool(rope), check_real("theta", theta, low=1.0)
+        _set_head_options(self, hidden_size, types, head_size, rope, theta)
         self.proj = nn.Linear(self.hidden_size, self.types * self.head_size * 2, bias=bias)
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -117,12 +122,7 @@ class EfficientGlobalPointer(nn.Module):
     def __init__(self, hidden_size: int, types: int, *, head_size: int = 64, rope: bool = True,
                  theta: float = 10000.0, bias: bool = True):
         super().__init__()
-        self.hidden_size = check_int("hidden_size", hidden_size, min_value=1)
-        self.types = check_int("types", types, min_value=1)
-        self.head_size = check_int("head_size", head_size, min_value=2)
-        if rope and self.head_size % 2:
-            raise ValueError(f"head_size must be even with rope=True, got {head_size}")
-        self.rope, self.theta = bool(rope), check_real("theta", theta, low=1.0)
+        _set_head_options(self, hidden_size, types, head_size, rope, theta)
         self.proj = nn.Linear(self.hidden_size, self.head_size * 2, bias=bias)
         self.type_bias = nn.Linear(self.head_size * 2, self.types * 2, bias=bias)
 
