@@ -24,6 +24,7 @@ RUNS = [
     ("bench_sector_mc.py", {}),
     ("bench_rnn.py", {}),
     ("bench_tokenize.py", {}),
+    ("bench_rope.py", {}),
 ]
 
 

@@ -45,6 +45,7 @@ from torch import nn
 
 from ._validate import check_int, check_real, check_tensor
 from .attention import SCALES, relu2_attention, relu2_weights, softmax_attention
+from .rope import apply_rope
 
 __all__ = ["rotary", "relu2_rowsum_weights", "ScaleOffset", "GAU", "GAUEncoder", "ATTENTIONS",
            "init_output_stats", "PostNormGAULM"]
@@ -53,19 +54,11 @@ ATTENTIONS = ("relu2", "softmax")
 
 
 def rotary(x: torch.Tensor, *, theta: float = 10000.0) -> torch.Tensor:
-    """Rotate feature pairs ``(x[2i], x[2i+1])`` of ``(..., n, s)`` by ``pos * theta^(-2i/s)``.
+    """Interleaved rotary positions ``0..n-1`` on ``(..., n, s)``: :func:`kexue_lib.rope.apply_rope` with ``base=theta``.
 
-    Angles are computed in float64 and the rotation applied in ``x``'s dtype; ``s`` must be even.
+    Kept as a name for the modules that imported it from here; new code calls ``apply_rope``.
     """
-    check_tensor("x", x, floating=True)
-    if x.ndim < 2 or x.shape[-1] % 2:
-        raise ValueError(f"rotary needs (..., n, s) with s even, got shape {tuple(x.shape)}")
-    n, s = x.shape[-2], x.shape[-1]
-    freq = theta ** (-torch.arange(0, s, 2, dtype=torch.float64, device=x.device) / s)
-    ang = torch.arange(n, dtype=torch.float64, device=x.device)[:, None] * freq  # (n, s/2)
-    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+    return apply_rope(x, base=theta)
 
 
 def relu2_rowsum_weights(q: torch.Tensor, k: torch.Tensor, *, causal: bool = False, mask=None) -> torch.Tensor:
