@@ -24,14 +24,7 @@ Part II, softmax and attention
 * :mod:`kexue_lib.toy_lm`: a tiny Transformer on a synthetic Markov language: softmax, linear and local linear
   attention; causal, bidirectional and mixed-direction heads; LM and MLM objectives (8338, 9529).
 * :mod:`kexue_lib.losses`: training objectives: the symmetric InfoNCE loss (9593); ZLPR for hard and soft labels
-  with masking, sigma(2s) probabilities and ECE (9064); re-exports CoSENT and EMO (Part IV, position and length extrapolation
-
-* :mod:`kexue_lib.rope`: rotary positions (interleaved or split halves, float64 tables, float32 arithmetic
-  for low-precision inputs), ReRoPE and Leaky ReRoPE scores, sliding-window masks and HWFA's receptive field,
-  key normalization, the log n scale, RMSNorm with or without gain, and a small Transformer with all of these as
-  per-layer options (9105, 9577, 8998, 9731, 9859).
-
-Part VI).
+  with masking, sigma(2s) probabilities and ECE (9064); re-exports CoSENT and EMO (Part VI).
 
 Part III, efficient and deep Transformers
 
@@ -44,6 +37,13 @@ Part III, efficient and deep Transformers
   their predicted initial loss and its Monte Carlo (9698).
 * :mod:`kexue_lib.amp`: mixed-precision training: an autocast train step, a static/dynamic loss scaler that skips
   steps on inf/NaN, ``torch.compile`` with an eager fallback (9059).
+
+Part IV, position and length extrapolation
+
+* :mod:`kexue_lib.rope`: rotary positions (interleaved or split halves, float64 tables, float32 arithmetic
+  for low-precision inputs), ReRoPE and Leaky ReRoPE scores, sliding-window masks and HWFA's receptive field,
+  key normalization, the log n scale, RMSNorm with or without gain, and a small Transformer with all of these as
+  per-layer options (9105, 9577, 8998, 9731, 9859).
 
 Part V, optimizers
 
