@@ -44,6 +44,8 @@ Part IV, position and length extrapolation
   for low-precision inputs), ReRoPE and Leaky ReRoPE scores, sliding-window masks and HWFA's receptive field,
   key normalization, the log n scale, RMSNorm with or without gain, and a small Transformer with all of these as
   per-layer options (9105, 9577, 8998, 9731, 9859).
+* :mod:`kexue_lib.extrapolation`: train short, test long: a plain and a copy (induction) language, paired
+  training and held-out loss per length (9577, 9731, 9859).
 
 Part V, optimizers
 
