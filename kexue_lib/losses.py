@@ -18,7 +18,9 @@
 
   which is the hard loss ``log(1 + sum_neg e^{s_i}) + log(1 + sum_pos e^{-s_j})`` at ``t`` in ``{0, 1}``, and
   whose gradient vanishes where ``t_i e^{-s_i} = (1 - t_i) e^{s_i}``: the calibrated probability is
-  ``sigma(2 s)`` (:func:`zlpr_probs`), measured by :func:`expected_calibration_error`.
+  ``sigma(2 s)`` (:func:`zlpr_probs`), measured by :func:`expected_calibration_error`. The soft targets the
+  article has in mind come from :func:`smooth_labels` (per-class label smoothing, ``t = (1 - eps) y + eps (1 - y)``)
+  and :func:`mixup` (Zhang et al., arXiv:1710.09412: ``x = lam x_a + (1 - lam) x_b``, the same mixture of targets).
 
 The other objectives of Part VI live in their own modules and are re-exported here, so that
 ``kexue_lib.losses`` is the one place to import a loss from: :func:`~kexue_lib.cosent.cosent_loss` (CoSENT,
@@ -38,7 +40,7 @@ from .emo import emo_ce_mix, emo_loss
 
 __all__ = [
     "info_nce_loss", "info_nce_logits", "multilabel_categorical_crossentropy",
-    "sparse_multilabel_categorical_crossentropy", "zlpr_probs", "expected_calibration_error",
+    "sparse_multilabel_categorical_crossentropy", "zlpr_probs", "expected_calibration_error", "smooth_labels", "mixup",
     "cosent_loss", "emo_loss", "emo_ce_mix",
 ]
 
@@ -161,6 +163,58 @@ def zlpr_probs(y_pred: torch.Tensor) -> torch.Tensor:
     """Calibrated class probabilities of ZLPR scores, ``sigmoid(2 * y_pred)`` (the loss's zero-gradient point)."""
     y_pred = check_tensor("y_pred", y_pred, floating=True)
     return torch.sigmoid(2 * y_pred)
+
+
+def smooth_labels(y: torch.Tensor, eps: float) -> torch.Tensor:
+    """Per-class (binary) label smoothing for multi-label targets: ``(1 - eps) y + eps (1 - y)``.
+
+    A positive becomes ``1 - eps`` and a negative ``eps``, independently per class (not the softmax form
+    ``eps / C``); soft targets in ``[0, 1]`` are smoothed the same way. ``eps`` in ``[0, 0.5)``. Floating ``y``
+    keeps its dtype and device; bool or integer 0/1 labels become the default float dtype.
+    """
+    eps = check_real("eps", eps, low=0.0, high=0.5, high_open=True)
+    y = check_tensor("y", y)
+    if y.dtype.is_complex:
+        raise ValueError("complex targets are not supported")
+    t = y if y.is_floating_point() else y.to(torch.get_default_dtype())
+    if bool(torch.isnan(t).any()) or bool(((t < 0) | (t > 1)).any()):
+        raise ValueError("y must lie in [0, 1] (and not be nan)")
+    return t * (1 - 2 * eps) + eps
+
+
+def mixup(x: torch.Tensor, y: torch.Tensor, *, lam, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup of a batch with a permutation of itself: ``lam * x + (1 - lam) * x[perm]``, the same for ``y``.
+
+    ``x`` has shape ``(B, ...)`` and ``y`` ``(B, C)`` (0/1 or soft targets); ``lam`` is one number in ``[0, 1]``
+    (the original recipe: one ``lam ~ Beta(alpha, alpha)`` per batch) or a tensor ``(B,)``, one per sample;
+    ``perm`` is a permutation of ``range(B)``. The mixed targets are soft, which is what the soft ZLPR loss
+    accepts. Drawing ``lam`` and ``perm`` is left to the caller, so that runs are reproducible. Returns the
+    mixed ``(x, y)`` in ``x``'s and ``y``'s floating dtypes (0/1 labels become ``x``'s dtype).
+    """
+    x = check_tensor("x", x, floating=True)
+    y = check_tensor("y", y, ndim=2)
+    perm = check_tensor("perm", perm, ndim=1)
+    B = x.shape[0] if x.ndim else 0
+    if x.ndim < 1 or y.shape[0] != B:
+        raise ValueError(f"x (B, ...) and y (B, C) must share the batch size, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if perm.is_floating_point() or perm.dtype in (torch.bool,) or perm.dtype.is_complex or perm.numel() != B:
+        raise ValueError(f"perm must be an integer permutation of range({B}), got {perm.dtype} of shape {tuple(perm.shape)}")
+    if not torch.equal(perm.sort().values.cpu(), torch.arange(B)):
+        raise ValueError(f"perm must be a permutation of range({B})")
+    t = y if y.is_floating_point() else y.to(x.dtype)  # (B, C)
+    if bool(torch.isnan(t).any()) or bool(((t < 0) | (t > 1)).any()):
+        raise ValueError("y must lie in [0, 1] (and not be nan)")
+    if isinstance(lam, torch.Tensor):
+        if lam.shape != (B,) or not lam.is_floating_point():
+            raise ValueError(f"a tensor lam must be floating with shape ({B},), got {lam.dtype} {tuple(lam.shape)}")
+        if bool(torch.isnan(lam).any()) or bool(((lam < 0) | (lam > 1)).any()):
+            raise ValueError("lam must lie in [0, 1]")
+        lx = lam.to(x.dtype).reshape((B,) + (1,) * (x.ndim - 1))  # (B, 1, ...)
+        ly = lam.to(t.dtype)[:, None]  # (B, 1)
+    else:
+        lx = ly = check_real("lam", lam, low=0.0, high=1.0)
+    perm = perm.to(device=x.device, dtype=torch.long)
+    return lx * x + (1 - lx) * x[perm], ly * t + (1 - ly) * t[perm.to(t.device)]
 
 
 def expected_calibration_error(probs: torch.Tensor, outcomes: torch.Tensor, *, bins: int = 10) -> torch.Tensor:

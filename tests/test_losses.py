@@ -228,3 +228,89 @@ def test_part_vi_losses_are_reexported_from_one_module():
     from kexue_lib import cosent, emo, losses
     assert losses.cosent_loss is cosent.cosent_loss
     assert losses.emo_loss is emo.emo_loss and losses.emo_ce_mix is emo.emo_ce_mix
+
+
+# ---- soft targets for ZLPR: label smoothing and mixup (kexue.fm/archives/9064) ------------------------------------
+from kexue_lib.losses import mixup, smooth_labels
+
+
+def test_smooth_labels_values_dtype_and_soft_inputs():
+    y = torch.tensor([[1, 0, 1], [0, 0, 1]])
+    t = smooth_labels(y, 0.1)
+    assert t.dtype == torch.get_default_dtype()
+    torch.testing.assert_close(t, torch.tensor([[0.9, 0.1, 0.9], [0.1, 0.1, 0.9]]))
+    soft = torch.tensor([0.0, 0.25, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(smooth_labels(soft, 0.2), 0.8 * soft + 0.2 * (1 - soft), rtol=1e-15, atol=0)
+    assert smooth_labels(soft, 0.2).dtype == torch.float64
+    torch.testing.assert_close(smooth_labels(soft, 0.0), soft, rtol=0, atol=0)
+    torch.testing.assert_close(smooth_labels(y.bool(), 0.3), torch.tensor([[0.7, 0.3, 0.7], [0.3, 0.3, 0.7]]))
+
+
+def test_smooth_labels_zlpr_optimum_reads_back_the_smoothed_target():
+    # the soft loss at smoothed targets is minimized where sigma(2s) = 1 - eps (positive) or eps (negative)
+    t = smooth_labels(torch.tensor([[1.0, 0.0, 0.0, 1.0]], dtype=torch.float64), 0.1)
+    s = (0.5 * torch.log(t / (1 - t))).requires_grad_(True)
+    multilabel_categorical_crossentropy(s, t).sum().backward()
+    assert float(s.grad.abs().max()) < 1e-14
+
+
+def test_smooth_labels_rejects_bad_input():
+    y = torch.tensor([1.0, 0.0])
+    for bad in (-0.1, 0.5, 0.7, math.nan):
+        with pytest.raises(ValueError):
+            smooth_labels(y, bad)
+    with pytest.raises(ValueError):
+        smooth_labels(torch.tensor([1.5, 0.0]), 0.1)
+    with pytest.raises(ValueError):
+        smooth_labels([1.0, 0.0], 0.1)
+
+
+def test_mixup_loop_reference_scalar_and_per_sample_lam():
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(5, 3, 2, generator=g, dtype=torch.float64)
+    y = (torch.rand(5, 4, generator=g) < 0.5).double()
+    perm = torch.randperm(5, generator=g)
+    xm, ym = mixup(x, y, lam=0.3, perm=perm)
+    for i in range(5):
+        torch.testing.assert_close(xm[i], 0.3 * x[i] + 0.7 * x[int(perm[i])], rtol=1e-15, atol=0)
+        torch.testing.assert_close(ym[i], 0.3 * y[i] + 0.7 * y[int(perm[i])], rtol=1e-15, atol=0)
+    lam = torch.rand(5, generator=g, dtype=torch.float64)
+    xm, ym = mixup(x, y, lam=lam, perm=perm)
+    for i in range(5):
+        li = float(lam[i])
+        torch.testing.assert_close(xm[i], li * x[i] + (1 - li) * x[int(perm[i])], rtol=1e-14, atol=1e-15)
+        torch.testing.assert_close(ym[i], li * y[i] + (1 - li) * y[int(perm[i])], rtol=1e-14, atol=1e-15)
+    # lam = 1 returns the batch unchanged; 0/1 integer labels become x's dtype
+    xm, ym = mixup(x.float(), y.long(), lam=1.0, perm=perm)
+    assert ym.dtype == torch.float32
+    torch.testing.assert_close(xm, x.float(), rtol=0, atol=0)
+    assert bool(((ym >= 0) & (ym <= 1)).all())
+
+
+def test_mixup_rejects_bad_input():
+    x, y = torch.randn(4, 3), torch.rand(4, 2)
+    perm = torch.tensor([1, 0, 3, 2])
+    with pytest.raises(ValueError):
+        mixup(x, y, lam=1.2, perm=perm)
+    with pytest.raises(ValueError):
+        mixup(x, y, lam=0.5, perm=torch.tensor([0, 0, 1, 2]))
+    with pytest.raises(ValueError):
+        mixup(x, y, lam=0.5, perm=torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError):
+        mixup(x, y, lam=0.5, perm=perm.float())
+    with pytest.raises(ValueError):
+        mixup(x, torch.rand(3, 2), lam=0.5, perm=perm)
+    with pytest.raises(ValueError):
+        mixup(x, y + 1.0, lam=0.5, perm=perm)
+    with pytest.raises(ValueError):
+        mixup(x, y, lam=torch.rand(3), perm=perm)
+    with pytest.raises(ValueError):
+        mixup(x.long(), y, lam=0.5, perm=perm)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_mixup_and_smoothing_follow_the_device():
+    x, y = torch.randn(4, 3, device="cuda"), torch.rand(4, 2, device="cuda")
+    xm, ym = mixup(x, y, lam=torch.rand(4, device="cuda"), perm=torch.tensor([1, 0, 3, 2], device="cuda"))
+    assert xm.device.type == "cuda" and ym.device.type == "cuda"
+    assert smooth_labels(y, 0.1).device.type == "cuda"
