@@ -11,7 +11,11 @@ Articles (Su Jianlin, *Scientific Spaces*):
   normalisation :math:`\sum_i \mathcal L_i / \mathrm{sg}(\|\nabla\mathcal L_i\|)`, invariant to scaling and
   to shifting each loss. Also uncertainty weighting (Kendall, Gal, Cipolla, arXiv:1705.07115),
   :math:`\sum_i e^{-s_i}\mathcal L_i + s_i`, whose optimum :math:`s_i = \log\mathcal L_i` turns it into
-  :math:`\sum_i (1 + \log\mathcal L_i)`; GradNorm is Chen et al., arXiv:1711.02257.
+  :math:`\sum_i (1 + \log\mathcal L_i)`. GradNorm (Chen et al., arXiv:1711.02257) learns weights :math:`w_i` by
+  minimising :math:`\sum_i |w_i n_i - \mathrm{sg}(\bar G\, r_i^\alpha)|` with :math:`n_i = \|\nabla_W\mathcal L_i\|`,
+  :math:`\bar G = \mathrm{mean}_i\, w_i n_i` and :math:`r_i` the initial-state-normalised loss
+  :math:`\mathcal L_i/\mathcal L_i^{(0)}` over its mean; each term vanishes at :math:`w_i \propto r_i^\alpha / n_i`,
+  gradient normalisation weighted by the initial-state-normalised losses to the power :math:`\alpha`.
 * 多任务学习漫谈（三）：分主次之序, https://kexue.fm/archives/8907 (2022-02-14): with primary gradient
   :math:`g_0` and auxiliary gradients :math:`g_1..g_n` (rows of ``G``), the update :math:`-\eta u` solves
   :math:`\max_u \langle u, g_0\rangle - \tfrac12\|u\|^2` s.t. :math:`\langle u, g_i\rangle \ge 0`, whose dual
@@ -43,6 +47,9 @@ __all__ = [
     "combine_normalized_grads",
     "normalized_grad_sum",
     "mtl_loss",
+    "gradnorm_loss",
+    "gradnorm_target_weights",
+    "gradnorm_renormalize_",
     "aux_coefficient",
     "primary_aux_direction",
     "l2_constrained_grad",
@@ -176,6 +183,74 @@ def mtl_loss(losses, *, scheme: str = "realtime", reference=None, gamma: float |
     if scheme == "gradnorm":
         return normalized_grad_sum(L, params)
     raise ValueError(f"unknown scheme {scheme!r}")
+
+
+def _gradnorm_inputs(grad_norms, losses, initial_losses, alpha):
+    check_tensor("grad_norms", grad_norms, floating=True)
+    L = _losses(losses)
+    check_tensor("initial_losses", initial_losses, floating=True)
+    try:
+        fits = torch.broadcast_shapes(initial_losses.shape, L.shape) == L.shape
+    except RuntimeError:
+        fits = False
+    if grad_norms.shape != L.shape or not fits or initial_losses.shape[-1:] != L.shape[-1:]:
+        raise ValueError(f"grad_norms {tuple(grad_norms.shape)} and losses {tuple(L.shape)} must have the same "
+                         f"(..., n) shape, and initial_losses {tuple(initial_losses.shape)} must broadcast to it")
+    if L.shape[-1] < 2:
+        raise ValueError("GradNorm balances at least 2 tasks")
+    alpha = check_real("alpha", alpha, low=0.0)
+    n, L, L0 = grad_norms.detach(), L.detach(), initial_losses.detach()
+    if not (bool((n > 0).all()) and bool((L > 0).all()) and bool((L0 > 0).all())):
+        raise ValueError("GradNorm needs positive gradient norms, losses and initial losses")
+    ratio = L / L0  # (..., n) initial-state-normalised losses
+    r = ratio / ratio.mean(-1, keepdim=True)  # (..., n) relative inverse training rates
+    return n, r, alpha
+
+
+def gradnorm_loss(weights: torch.Tensor, grad_norms: torch.Tensor, losses, initial_losses: torch.Tensor, *,
+                  alpha: float) -> torch.Tensor:
+    r"""GradNorm's objective for the task weights (Chen et al., arXiv:1711.02257, their :math:`L_{\rm grad}`).
+
+    :math:`\sum_i |w_i n_i - \mathrm{sg}(\bar G\, r_i^\alpha)|` with ``grad_norms`` :math:`n_i = \|\nabla_W L_i\|`
+    (unweighted, for the shared layer :math:`W`), :math:`\bar G = \mathrm{mean}_i\, w_i n_i` and
+    :math:`r_i = \tilde L_i / \mathrm{mean}_j \tilde L_j`, :math:`\tilde L_i = L_i / L_i^{(0)}`. The targets
+    :math:`\bar G r_i^\alpha` are held constant, as in the paper, so the gradient reaches ``weights`` only through
+    :math:`w_i n_i`. Shapes ``(..., n)`` (``initial_losses`` broadcasts); returns ``(...)``. After each step on the weights the paper rescales them
+    to sum to ``n`` (:func:`gradnorm_renormalize_`).
+    """
+    check_tensor("weights", weights, floating=True)
+    n, r, alpha = _gradnorm_inputs(grad_norms, losses, initial_losses, alpha)
+    if weights.shape != n.shape:
+        raise ValueError(f"weights must have shape {tuple(n.shape)}, got {tuple(weights.shape)}")
+    G = weights * n  # (..., n) weighted gradient norms
+    target = (G.mean(-1, keepdim=True) * r.pow(alpha)).detach()  # (..., n)
+    return (G - target).abs().sum(-1)  # (...)
+
+
+def gradnorm_target_weights(grad_norms: torch.Tensor, losses, initial_losses: torch.Tensor, *,
+                            alpha: float) -> torch.Tensor:
+    r"""The weights at which every term of :func:`gradnorm_loss` is zero up to one common factor, in closed form.
+
+    :math:`w_i = n\,\frac{r_i^\alpha / n_i}{\sum_j r_j^\alpha / n_j}` (summing to ``n``): the update
+    :math:`\sum_i w_i\nabla L_i \propto \sum_i r_i^\alpha \nabla L_i / \|\nabla L_i\|` is gradient normalisation
+    (``alpha = 0``) weighted by the initial-state-normalised losses. The loss is exactly zero there when
+    :math:`\mathrm{mean}_i\, r_i^\alpha = 1` (e.g. ``alpha`` 0 or 1). Shapes ``(..., n)``; no gradient flows.
+    """
+    n, r, alpha = _gradnorm_inputs(grad_norms, losses, initial_losses, alpha)
+    w = r.pow(alpha) / n  # (..., n)
+    return w * (w.shape[-1] / w.sum(-1, keepdim=True))
+
+
+@torch.no_grad()
+def gradnorm_renormalize_(weights: torch.Tensor) -> torch.Tensor:
+    """Rescale task weights ``(..., n)`` in place to sum to ``n`` (GradNorm's step after each weight update)."""
+    check_tensor("weights", weights, floating=True)
+    if weights.ndim < 1 or weights.shape[-1] < 1:
+        raise ValueError(f"weights must be (..., n) with n >= 1, got shape {tuple(weights.shape)}")
+    total = weights.sum(-1, keepdim=True)  # (..., 1)
+    if not bool((total > 0).all()):
+        raise ValueError("weights must have a positive sum")
+    return weights.mul_(weights.shape[-1] / total)
 
 
 def aux_coefficient(g0: torch.Tensor, g1: torch.Tensor) -> torch.Tensor:

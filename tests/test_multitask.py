@@ -7,7 +7,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 from scipy.optimize import nnls
 
-from kexue_lib.multitask import (aux_coefficient, combine_normalized_grads, generalized_mean, l2_constrained_grad, mtl_loss,
+from kexue_lib.multitask import (aux_coefficient, combine_normalized_grads, generalized_mean, gradnorm_loss, gradnorm_renormalize_,
+                                 gradnorm_target_weights, l2_constrained_grad, mtl_loss,
                                  normalized_grad_sum, primary_aux_direction, primary_aux_hybrid, prior_loss_ce, prior_loss_mse,
                                  realtime_normalized, reference_normalized, uncertainty_weighted)
 
@@ -196,3 +197,96 @@ def test_hybrid_kkt(seed, n, m):
         assert float((H @ u).min()) >= -1e-6
     with pytest.raises(ValueError):
         primary_aux_hybrid(P, torch.ones(m, 9, dtype=torch.float64))
+
+
+def _gradnorm_loop(w, n, L, L0, alpha):  # plain-float reference of L_grad for one (n,) instance
+    ratio = [a / b for a, b in zip(L, L0)]
+    r = [x / (sum(ratio) / len(ratio)) for x in ratio]
+    G = [wi * ni for wi, ni in zip(w, n)]
+    Gbar = sum(G) / len(G)
+    return sum(abs(g - Gbar * ri**alpha) for g, ri in zip(G, r))
+
+
+def test_gradnorm_loss_matches_loop_and_holds_targets_constant():
+    gen = torch.Generator().manual_seed(21)
+    w = torch.rand(4, 3, generator=gen, dtype=torch.float64) + 0.2
+    n, L, L0 = (torch.rand(3, 4, 3, generator=gen, dtype=torch.float64) + 0.1).unbind(0)
+    for alpha in (0.0, 1.0, 1.5):
+        out = gradnorm_loss(w, n, L, L0, alpha=alpha)
+        assert out.shape == (4,)
+        for i in range(4):
+            ref = _gradnorm_loop(w[i].tolist(), n[i].tolist(), L[i].tolist(), L0[i].tolist(), alpha)
+            assert math.isclose(float(out[i]), ref, rel_tol=1e-12)
+    wg = w.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(gradnorm_loss(wg, n, L, L0, alpha=1.5).sum(), wg)
+    Gbar = (w * n).mean(-1, keepdim=True)
+    ratio = L / L0
+    target = Gbar * (ratio / ratio.mean(-1, keepdim=True)) ** 1.5
+    torch.testing.assert_close(g, torch.sign(w * n - target) * n)  # only through w_i n_i: the targets are constants
+
+
+def test_gradnorm_target_is_the_fixed_point():
+    gen = torch.Generator().manual_seed(22)
+    n, L, L0 = (torch.rand(3, 5, 2, generator=gen, dtype=torch.float64) + 0.1).unbind(0)
+    w1 = gradnorm_target_weights(n, L, L0, alpha=1.0)
+    torch.testing.assert_close(w1.sum(-1), torch.full((5,), 2.0, dtype=torch.float64))
+    assert float(gradnorm_loss(w1, n, L, L0, alpha=1.0).abs().max()) < 1e-12  # a joint zero at alpha = 1
+    w0 = gradnorm_target_weights(n, L, L0, alpha=0.0)
+    torch.testing.assert_close(w0, 2 * (1 / n) / (1 / n).sum(-1, keepdim=True))  # gradient normalisation
+    assert float(gradnorm_loss(gradnorm_target_weights(n, L, L0, alpha=1.5), n, L, L0, alpha=1.5).max()) > 1e-6
+    c = torch.tensor([1.0, 1e3], dtype=torch.float64)  # rescale task 2: the shares of w_i n_i are unchanged
+
+    def shares(w, norms):
+        return w * norms / (w * norms).sum(-1, keepdim=True)
+
+    torch.testing.assert_close(shares(gradnorm_target_weights(n * c, L * c, L0 * c, alpha=1.5), n * c),
+                               shares(gradnorm_target_weights(n, L, L0, alpha=1.5), n))
+    assert not torch.allclose(shares(gradnorm_target_weights(n, L + 1, L0 + 1, alpha=1.5), n),
+                              shares(gradnorm_target_weights(n, L, L0, alpha=1.5), n), atol=1e-3)  # a shift moves them
+
+
+def test_gradnorm_updates_reach_the_target():
+    gen = torch.Generator().manual_seed(23)
+    n, L, L0 = (torch.rand(3, 6, 3, generator=gen, dtype=torch.float64) + 0.1).unbind(0)
+    w = torch.ones(6, 3, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([w], lr=0.02)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1 - k / 1500)
+    for _ in range(1500):
+        opt.zero_grad()
+        gradnorm_loss(w, n, L, L0, alpha=1.0).sum().backward()
+        opt.step(); sched.step()
+        gradnorm_renormalize_(w.data)
+    torch.testing.assert_close(w.detach(), gradnorm_target_weights(n, L, L0, alpha=1.0), atol=2e-3, rtol=0)
+
+
+def test_gradnorm_renormalize_and_bad_input():
+    w = torch.tensor([[1.0, 3.0], [0.5, 0.5]], dtype=torch.float64)
+    out = gradnorm_renormalize_(w)
+    assert out is w
+    torch.testing.assert_close(w, torch.tensor([[0.5, 1.5], [1.0, 1.0]], dtype=torch.float64))
+    ones = torch.ones(2, dtype=torch.float64)
+    with pytest.raises(ValueError):
+        gradnorm_renormalize_(torch.tensor([1.0, -2.0]))
+    with pytest.raises(ValueError):
+        gradnorm_loss(ones, ones, ones, torch.ones(3, dtype=torch.float64), alpha=1.0)
+    with pytest.raises(ValueError):
+        gradnorm_loss(torch.ones(3, dtype=torch.float64), ones, ones, ones, alpha=1.0)
+    with pytest.raises(ValueError):
+        gradnorm_target_weights(ones, ones, ones, alpha=-1.0)
+    with pytest.raises(ValueError):
+        gradnorm_target_weights(torch.zeros(2, dtype=torch.float64), ones, ones, alpha=1.0)
+    with pytest.raises(ValueError):
+        gradnorm_target_weights(ones[:1], ones[:1], ones[:1], alpha=1.0)
+
+
+def test_gradnorm_dtype_follows_input():
+    n, L, L0 = torch.rand(3, 4, 2).add(0.1).unbind(0)
+    w = gradnorm_target_weights(n, L, L0, alpha=1.5)
+    assert w.dtype == torch.float32 and gradnorm_loss(w, n, L, L0[0], alpha=1.5).dtype == torch.float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gradnorm_cuda():
+    n, L, L0 = torch.rand(3, 4, 2, device="cuda").add(0.1).unbind(0)
+    w = gradnorm_target_weights(n, L, L0, alpha=1.5)
+    assert w.device.type == gradnorm_loss(w, n, L, L0, alpha=1.5).device.type == "cuda"
