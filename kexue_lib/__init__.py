@@ -55,6 +55,8 @@ Part VI, losses and objectives
 
 * :mod:`kexue_lib.global_pointer`: GlobalPointer and Efficient GlobalPointer span heads (RoPE q.k per type,
   upper-triangular span mask), span decoding, micro span F1, TPLinker's additive scorer (8373, 8877).
+* :mod:`kexue_lib.crf`: the linear-chain CRF baseline of the GlobalPointer chapter (BIO tags, log-partition,
+  Viterbi, a CRF tagger) and its sequential-depth probes (8373).
 * :mod:`kexue_lib.cosent`: the CoSENT ranking loss on cosines, the exact sort-and-scan threshold, the article's
   Powell threshold and class-weight searches, a PSD factorization (8847, 8860).
 * :mod:`kexue_lib.emo`: the EMO loss (earth mover's distance to a one-hot label under the cosine cost of a frozen

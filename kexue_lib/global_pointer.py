@@ -25,7 +25,11 @@ head size :math:`d`, :math:`K` types and biases: GlobalPointer :math:`2KdD + 2Kd
 :class:`AdditiveSpanScorer` is TPLinker's additive rival (arXiv:2010.13415), which holds a ``(B, n, n, H)`` tensor.
 
 Training uses the multi-label categorical cross-entropy (ZLPR, https://kexue.fm/archives/7359) per type,
-flattened over spans; evaluation is the micro span F1 :math:`2\sum y\hat y/\sum(y+\hat y)`.
+flattened over spans (:func:`global_pointer_bce_loss` is the naive alternative the article argues against: one
+binary cross-entropy per candidate span); evaluation is the micro span F1 :math:`2\sum y\hat y/\sum(y+\hat y)`.
+For answer extraction the article's F1 loss is :func:`expected_f1_loss`, with one softmax over the spans
+(:func:`span_log_softmax`) and the token-overlap F1 table :func:`span_token_f1`. The token-tagging baselines (BIO
+tags, a linear-chain CRF) are in :mod:`kexue_lib.crf`.
 Dtype policy: scores follow the features' dtype; masking uses :data:`MASK_VALUE` = -1e12, so use
 float32/bfloat16/float64 (float16 cannot hold it).
 """
@@ -42,7 +46,8 @@ from .losses import multilabel_categorical_crossentropy
 
 __all__ = ["MASK_VALUE", "span_mask", "span_scores", "GlobalPointer", "EfficientGlobalPointer", "AdditiveSpanScorer",
            "spans_to_labels", "decode_spans", "span_f1_counts", "span_f1", "global_pointer_f1",
-           "global_pointer_loss"]
+           "global_pointer_loss", "global_pointer_bce_loss", "span_token_f1", "span_log_softmax",
+           "expected_f1_loss"]
 
 MASK_VALUE = -1e12
 
@@ -168,11 +173,14 @@ def spans_to_labels(spans, *, n: int, types: int, dtype=torch.float32) -> torch.
     """Gold ``[{(type, i, j), ...}, ...]`` (one set per sentence) -> 0/1 tensor ``(B, types, n, n)``."""
     n, types = check_int("n", n, min_value=1), check_int("types", types, min_value=1)
     y = torch.zeros(len(spans), types, n, n, dtype=dtype)
+    idx = []
     for b, sset in enumerate(spans):
         for t, i, j in sset:
             if not (0 <= t < types and 0 <= i <= j < n):
                 raise ValueError(f"span {(t, i, j)} is outside types={types}, 0 <= i <= j < n={n}")
-            y[b, t, i, j] = 1
+            idx.append((b, t, i, j))
+    if idx:
+        y[tuple(torch.tensor(idx).T)] = 1  # one scatter instead of one write per span
     return y
 
 
@@ -220,3 +228,69 @@ def global_pointer_loss(scores: torch.Tensor, y_true: torch.Tensor) -> torch.Ten
         scores.reshape(B * K, -1), y_true.reshape(B * K, -1), mask_value=MASK_VALUE / 2).mean()  # masked spans left out
 
 
+def global_pointer_bce_loss(scores: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+    """The naive alternative the article argues against: one binary cross-entropy per candidate span.
+
+    ``(B, K, n, n)`` -> scalar, the mean of ``BCE(sigmoid(s), y)`` over the valid cells (score above
+    ``MASK_VALUE / 2``); the decision rule ``s > 0`` is the same as for :func:`global_pointer_loss`.
+    """
+    check_tensor("scores", scores, ndim=4, floating=True)
+    check_tensor("y_true", y_true)
+    if y_true.shape != scores.shape:
+        raise ValueError(f"y_true {tuple(y_true.shape)} and scores {tuple(scores.shape)} differ in shape")
+    valid = scores > MASK_VALUE / 2  # (B, K, n, n)
+    return torch.nn.functional.binary_cross_entropy_with_logits(scores[valid], y_true.to(scores.dtype)[valid])
+
+
+def span_token_f1(gold: torch.Tensor, n: int, *, dtype=torch.float32) -> torch.Tensor:
+    r"""Token-overlap F1 of every span :math:`[i, j]` with the gold span :math:`[a, b]` (reading-comprehension F1).
+
+    ``gold``: long ``(B, 2)`` of inclusive ``(a, b)``; returns ``(B, n, n)`` with
+    :math:`f_1(i,j) = 2\,|[i,j]\cap[a,b]| / ((j-i+1)+(b-a+1))` for :math:`i\le j`, and 0 below the diagonal.
+    """
+    n = check_int("n", n, min_value=1)
+    check_tensor("gold", gold, ndim=2)
+    if gold.shape[1] != 2 or gold.is_floating_point():
+        raise ValueError(f"gold must be integer (B, 2) spans (a, b), got {tuple(gold.shape)} {gold.dtype}")
+    a, b = gold[:, 0, None, None], gold[:, 1, None, None]  # (B, 1, 1) each
+    if bool(((a < 0) | (a > b) | (b >= n)).any()):
+        raise ValueError(f"gold spans must satisfy 0 <= a <= b < n={n}")
+    i = torch.arange(n, device=gold.device)[:, None]  # (n, 1)
+    j = torch.arange(n, device=gold.device)[None, :]  # (1, n)
+    overlap = (torch.minimum(j, b) - torch.maximum(i, a) + 1).clamp_min(0)  # (B, n, n)
+    f1 = (2 * overlap).to(dtype) / ((j - i + 1) + (b - a + 1)).to(dtype)  # (B, n, n)
+    return torch.where(i <= j, f1, torch.zeros((), dtype=f1.dtype, device=f1.device))
+
+
+def span_log_softmax(scores: torch.Tensor) -> torch.Tensor:
+    r""":math:`\log p(i,j)` with :math:`p(i,j)=e^{s(i,j)}/\sum_{i'\le j'}e^{s(i',j')}`: one softmax over the valid spans.
+
+    ``scores``: ``(..., n, n)``, cells at or below ``MASK_VALUE / 2`` are not candidates (their log-probability is
+    ``-inf``). Every table must hold at least one candidate.
+    """
+    check_tensor("scores", scores, floating=True)
+    if scores.ndim < 2 or scores.shape[-1] != scores.shape[-2]:
+        raise ValueError(f"scores must be (..., n, n), got {tuple(scores.shape)}")
+    valid = scores > MASK_VALUE / 2
+    if not bool(valid.flatten(-2).any(-1).all()):
+        raise ValueError("every score table needs at least one valid span")
+    flat = scores.masked_fill(~valid, -math.inf).flatten(-2)  # (..., n*n)
+    return torch.log_softmax(flat, dim=-1).view_as(scores)
+
+
+def expected_f1_loss(scores: torch.Tensor, f1: torch.Tensor, *, lam: float = 0.0) -> torch.Tensor:
+    r"""Article 8373's loss for answer extraction: :math:`-\sum_{i\le j}p(i,j)f_1(i,j)+\lambda\sum_{i\le j}p\log p`.
+
+    ``scores`` ``(B, n, n)`` (masked as for :func:`span_log_softmax`), ``f1`` the same shape (e.g.
+    :func:`span_token_f1`); ``lam >= 0`` weighs the negative entropy. Mean over the batch. Its minimiser over
+    distributions is :math:`p\propto e^{f_1/\lambda}` (the Gibbs distribution), the F1-best span as
+    :math:`\lambda	o0`.
+    """
+    lam = check_real("lam", lam, low=0.0)
+    check_tensor("f1", f1)
+    if f1.shape != scores.shape or scores.ndim != 3:
+        raise ValueError(f"scores and f1 must both be (B, n, n), got {tuple(scores.shape)} and {tuple(f1.shape)}")
+    logp = span_log_softmax(scores)  # (B, n, n), -inf off the candidates
+    p = logp.exp()
+    plogp = p * logp.masked_fill(torch.isinf(logp), 0)  # 0 log 0 = 0, with a finite gradient
+    return (-(p * f1.to(p.dtype)).flatten(1).sum(-1) + lam * plogp.flatten(1).sum(-1)).mean()

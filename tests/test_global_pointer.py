@@ -131,3 +131,77 @@ def test_efficient_matches_loop():
     ref = base + b[..., 0].permute(0, 2, 1)[:, :, :, None] + b[..., 1].permute(0, 2, 1)[:, :, None, :]
     ref = ref.masked_fill(~gp.span_mask(5), gp.MASK_VALUE)
     torch.testing.assert_close(head(h), ref)
+
+
+def test_spans_to_labels_matches_loop():
+    spans = [{(0, 1, 3), (2, 0, 0)}, set(), {(1, 4, 4)}]
+    y = gp.spans_to_labels(spans, n=5, types=3, dtype=torch.int64)
+    ref = torch.zeros(3, 3, 5, 5, dtype=torch.int64)
+    for b, ss in enumerate(spans):
+        for t, i, j in ss:
+            ref[b, t, i, j] = 1
+    assert torch.equal(y, ref)
+    assert gp.spans_to_labels([set()], n=2, types=1).sum() == 0
+
+
+def test_bce_loss_is_mean_over_valid_cells():
+    g = torch.Generator().manual_seed(4)
+    s = torch.randn(2, 2, 5, 5, generator=g, dtype=torch.float64).masked_fill(~gp.span_mask(5), gp.MASK_VALUE)
+    y = ((torch.rand(2, 2, 5, 5, generator=g) < 0.2) & gp.span_mask(5)).double()
+    v = gp.span_mask(5).expand(2, 2, 5, 5)
+    p = torch.sigmoid(s[v])
+    ref = -(y[v] * p.log() + (1 - y[v]) * (1 - p).log()).mean()
+    torch.testing.assert_close(gp.global_pointer_bce_loss(s, y), ref)
+
+
+def test_span_token_f1_matches_loop():
+    gold = torch.tensor([[1, 3], [0, 0]])
+    f = gp.span_token_f1(gold, 5, dtype=torch.float64)
+    for b, (a, e) in enumerate(gold.tolist()):
+        for i in range(5):
+            for j in range(5):
+                if i > j:
+                    assert f[b, i, j] == 0
+                    continue
+                ov = len(set(range(i, j + 1)) & set(range(a, e + 1)))
+                assert math.isclose(float(f[b, i, j]), 2 * ov / (j - i + 1 + e - a + 1))
+    with pytest.raises(ValueError):
+        gp.span_token_f1(torch.tensor([[3, 1]]), 5)
+
+
+def test_span_softmax_and_expected_f1_loss():
+    g = torch.Generator().manual_seed(5)
+    s = torch.randn(2, 6, 6, generator=g, dtype=torch.float64).masked_fill(~gp.span_mask(6), gp.MASK_VALUE)
+    logp = gp.span_log_softmax(s)
+    valid = gp.span_mask(6)
+    torch.testing.assert_close(logp.exp().sum((-1, -2)), torch.ones(2, dtype=torch.float64))
+    assert torch.isinf(logp[:, ~valid]).all()
+    f1 = gp.span_token_f1(torch.tensor([[1, 2], [3, 5]]), 6, dtype=torch.float64)
+    lam = 0.3
+    ref = []
+    for b in range(2):
+        p = torch.softmax(s[b][valid], 0)
+        ref.append(-(p * f1[b][valid]).sum() + lam * (p * p.log()).sum())
+    torch.testing.assert_close(gp.expected_f1_loss(s, f1, lam=lam), torch.stack(ref).mean())
+    with pytest.raises(ValueError):
+        gp.expected_f1_loss(s, f1, lam=-1.0)
+    with pytest.raises(ValueError):
+        gp.span_log_softmax(torch.full((1, 3, 3), gp.MASK_VALUE))
+
+
+def test_expected_f1_loss_minimiser_is_gibbs():
+    f1 = gp.span_token_f1(torch.tensor([[2, 3]]), 5, dtype=torch.float64)
+    valid = gp.span_mask(5)
+    lam = 0.25
+    free = torch.zeros(int(valid.sum()), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([free], max_iter=300, tolerance_grad=1e-12, tolerance_change=1e-14, line_search_fn="strong_wolfe")
+    def scores():
+        return torch.full((1, 5, 5), gp.MASK_VALUE, dtype=torch.float64).masked_scatter(valid[None], free)
+    def closure():
+        opt.zero_grad()
+        loss = gp.expected_f1_loss(scores(), f1, lam=lam)
+        loss.backward()
+        return loss
+    opt.step(closure)
+    p = gp.span_log_softmax(scores()).exp()[0][valid]
+    torch.testing.assert_close(p, torch.softmax(f1[0][valid] / lam, 0), atol=1e-6, rtol=0)
