@@ -12,11 +12,14 @@ the comparison between architectures stays fair.
   matrix :math:`P_c=(1-\epsilon)\Pi_c+\epsilon\,\mathbf 1\mathbf 1^\top/V`, :math:`\Pi_c` a random
   permutation matrix. Every :math:`P_c` is doubly stochastic, so the stationary law is uniform for both
   classes: token counts carry no information, and the label is only visible in adjacent pairs, each pair a
-  weak piece of evidence that must be pooled over the whole sequence.
+  weak piece of evidence that must be pooled over the whole sequence. ``lag=k`` links tokens ``k`` apart
+  instead (a long-range variant); :func:`shuffle_within` permutes each sequence's tokens (a control input
+  with the same tokens and no order).
 * The recurrent baseline (:class:`LinearRecurrenceLM`): a stack of diagonal linear recurrences (EMA, the
   core of S4D/LRU/MEGA's EMA) :math:`h_t=a\odot h_{t-1}+(1-a)\odot u_t`, computed as a causal Toeplitz
   product :math:`h=K u` with :math:`K_{ts}=(1-a)a^{t-s}` for :math:`s\le t` (:func:`ema_kernel`). It has a
-  locality prior built in: recent tokens weigh most.
+  locality prior built in: recent tokens weigh most. Its decays start spread over time scales (structured,
+  the default) or all at one value (``decay_logit``).
 * The Transformer is :class:`kexue_lib.toy_lm.ToyTransformer` (learned absolute positions, no locality
   prior). :func:`encode` returns either backbone's features before its read-out; :class:`SequenceClassifier`
   mean-pools them into a linear head; :func:`self_pretrain` runs the denoising objective on the inputs;
@@ -36,7 +39,7 @@ from ._validate import check_int, check_real, check_tensor
 from .attention import attention_weights
 from .toy_lm import ToyTransformer, mlm_corrupt
 
-__all__ = ["permutation_chains", "sample_chain_task", "ema_kernel", "LinearRecurrenceLM", "encode",
+__all__ = ["permutation_chains", "sample_chain_task", "shuffle_within", "ema_kernel", "LinearRecurrenceLM", "encode",
            "SequenceClassifier", "self_pretrain", "finetune", "accuracy", "attention_maps", "OBJECTIVES"]
 
 OBJECTIVES = ("ar", "mlm")
@@ -63,24 +66,39 @@ def permutation_chains(vocab: int, *, n_classes: int = 2, noise: float = 0.5, ge
     return torch.stack(tables)  # (C, V, V)
 
 
-def sample_chain_task(chains: torch.Tensor, batch: int, length: int, *, generator=None):
+def sample_chain_task(chains: torch.Tensor, batch: int, length: int, *, lag: int = 1, generator=None):
     """``(x, y)``: ``x`` ``(batch, length)`` long sequences, ``y`` ``(batch,)`` labels, classes balanced.
 
     Row ``i`` has label ``i % n_classes`` (then shuffled) and is a path of chain ``y_i`` from a uniform start.
+    With ``lag = k > 1`` the chain links tokens ``k`` apart, ``x_t ~ P_y[x_{t-k}]`` (``k`` interleaved paths
+    of the same chain, uniform starts ``x_0..x_{k-1}``): the evidence then sits in pairs at distance ``k``, a
+    long-range version of the task. ``lag=1`` draws exactly what it drew before the option existed.
     """
     check_tensor("chains", chains, ndim=3, floating=True)
     if chains.shape[1] != chains.shape[2]:
         raise ValueError(f"chains must be (C, V, V), got shape {tuple(chains.shape)}")
     batch, length = check_int("batch", batch, min_value=1), check_int("length", length, min_value=2)
+    lag = check_int("lag", lag, min_value=1, max_value=length - 1)
     n_classes, vocab = chains.shape[0], chains.shape[1]
     y = (torch.arange(batch) % n_classes)[torch.randperm(batch, generator=generator)]  # (b,)
     x = torch.empty(batch, length, dtype=torch.long)
-    x[:, 0] = torch.randint(vocab, (batch,), generator=generator)
+    x[:, :lag] = torch.randint(vocab, (batch, lag), generator=generator)  # (b, lag) uniform starts
     cdf = chains.cumsum(-1)  # (C, V, V)
-    for t in range(1, length):
+    for t in range(lag, length):
         u = torch.rand(batch, 1, generator=generator, dtype=cdf.dtype)
-        x[:, t] = (cdf[y, x[:, t - 1]] < u).sum(-1).clamp_max(vocab - 1)
+        x[:, t] = (cdf[y, x[:, t - lag]] < u).sum(-1).clamp_max(vocab - 1)
     return x, y
+
+
+def shuffle_within(x: torch.Tensor, *, generator=None) -> torch.Tensor:
+    """``x`` ``(b, n)`` with each row's positions randomly permuted (its own permutation per row).
+
+    Every sequence keeps its tokens (so its token counts), but the order, hence any pair structure, is gone:
+    pretraining on ``shuffle_within(x)`` costs what pretraining on ``x`` costs and learns nothing about order.
+    """
+    check_tensor("x", x, ndim=2)
+    perm = torch.argsort(torch.rand(x.shape, generator=generator), dim=1).to(x.device)  # (b, n)
+    return torch.gather(x, 1, perm)
 
 
 def ema_kernel(decay: torch.Tensor, n: int) -> torch.Tensor:
@@ -99,11 +117,14 @@ def ema_kernel(decay: torch.Tensor, n: int) -> torch.Tensor:
 
 
 class _EMABlock(nn.Module):
-    def __init__(self, d_model):
+    def __init__(self, d_model, decay_logit=None):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
         self.inp, self.gate, self.out = (nn.Linear(d_model, d_model) for _ in range(3))
-        self.logit = nn.Parameter(torch.linspace(-2.0, 4.0, d_model))  # decays from ~0.12 to ~0.98
+        if decay_logit is None:  # structured: a spread of time scales, decays from ~0.12 to ~0.98
+            self.logit = nn.Parameter(torch.linspace(-2.0, 4.0, d_model))
+        else:  # one time scale for every channel
+            self.logit = nn.Parameter(torch.full((d_model,), float(decay_logit)))
         self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model))
 
     def forward(self, x):  # x: (b, n, d)
@@ -117,14 +138,20 @@ class _EMABlock(nn.Module):
 class LinearRecurrenceLM(nn.Module):
     """Causal stack of gated diagonal linear recurrences (no position embedding: order comes from the
     recurrence); ``forward(tokens (b, n)) -> logits (b, n, vocab)``. Input ids may include the mask token
-    ``vocab``."""
+    ``vocab``.
 
-    def __init__(self, *, vocab: int, d_model: int = 32, n_layers: int = 1):
+    ``decay_logit=None`` (default) initialises the decays ``a = sigmoid(logit)`` spread over time scales, the
+    structured choice of S4D/LRU-style models; a number gives every channel that one logit (``4.0``: all
+    decays ~0.98, one slow time scale), the unstructured alternative."""
+
+    def __init__(self, *, vocab: int, d_model: int = 32, n_layers: int = 1, decay_logit: float | None = None):
         super().__init__()
         vocab, d_model = check_int("vocab", vocab, min_value=2), check_int("d_model", d_model, min_value=1)
         n_layers = check_int("n_layers", n_layers, min_value=1)
+        if decay_logit is not None:
+            decay_logit = check_real("decay_logit", decay_logit)
         self.tok = nn.Embedding(vocab + 1, d_model)
-        self.blocks = nn.ModuleList(_EMABlock(d_model) for _ in range(n_layers))
+        self.blocks = nn.ModuleList(_EMABlock(d_model, decay_logit) for _ in range(n_layers))
         self.ln = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab)
 
