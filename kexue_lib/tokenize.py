@@ -22,17 +22,29 @@ segmentation does not choose (``p(w1) p(w2) > p(w1 w2)``), and cut to the vocabu
 Speed without compiled code: all pieces occurring in the text are found at once by a vectorized trie walk,
 the text is cut where no piece of two or more bytes straddles a position (the Viterbi path must cut there,
 so the problem splits exactly), and the independent segments run the Viterbi recursion in lockstep.
+
+The rivals of the article's comparison, on the same bytes: :func:`train_bpe` (BPE, Sennrich et al.,
+arXiv:1508.07909: merge the most frequent adjacent pair) and :func:`train_unigram` (a unigram LM trained by
+EM and pruning, Kudo, arXiv:1804.10959), each optionally under SentencePiece's default rules
+(:func:`sentencepiece_chunks`: no piece across a space or a change of script, characters covering 99.95% of
+the text as the alphabet, at most 16 characters per piece). Data: :func:`sphinx_messages` reads the message
+catalogs that Sphinx installs (English messages and their human translations), and :func:`parallel_lengths`
+measures translation pairs.
 """
 from __future__ import annotations
 
+import collections
+import functools
 import json
 import re
+import unicodedata as _ud
 
 import numpy as np
 
 from ._validate import check_int, check_real
 
-__all__ = ["Tokenizer", "train", "brute_force_segment", "compression_rate", "count_ngrams"]
+__all__ = ["Tokenizer", "train", "brute_force_segment", "compression_rate", "count_ngrams", "BPE", "train_bpe",
+           "train_unigram", "sentencepiece_chunks", "sphinx_messages", "parallel_lengths"]
 
 _LINES = re.compile(rb"[^\n]{0,10000}\n{1,100}|[^\n]{1,10000}")
 
@@ -86,7 +98,7 @@ class Tokenizer:
         for p in self.pieces:
             for j in range(1, len(p) + 1):
                 nodes.setdefault(p[:j], len(nodes) + 1)
-        self._trans = np.zeros((len(nodes) + 2) * 256, dtype=np.int64)      # (node, byte) -> node
+        self._trans = np.zeros((len(nodes) + 2) * 256, dtype=np.int32)      # (node, byte) -> node
         self._node_piece = np.full(len(nodes) + 2, -1, dtype=np.int64)      # node -> piece id or -1
         for q, n in nodes.items():
             if q:
@@ -108,7 +120,7 @@ class Tokenizer:
         out_s, out_l, out_id = [], [], []
         k = 0
         while act.size:
-            node = self._trans[node * 256 + buf[act + k]]
+            node = self._trans[node * 256 + buf[act + k]].astype(np.int64)
             keep = node != 0
             act, node = act[keep], node[keep]
             pid = self._node_piece[node]
@@ -121,12 +133,16 @@ class Tokenizer:
         return np.concatenate(out_s), np.concatenate(out_l), np.concatenate(out_id), sizes
 
     # -- segmentation --------------------------------------------------------------------------------
-    def _segment(self, docs: list[bytes], alpha: float | None, rng) -> list[np.ndarray]:
+    def _segment(self, docs: list[bytes], alpha: float | None, rng, exclude_whole: bool = False,
+                 flat: bool = False):
+        """Token ids of each doc: the best split, or (``alpha``) a sampled one; ``exclude_whole`` forbids a
+        doc's own piece (docs of two or more bytes), which gives the best split of a piece into smaller ones.
+        ``flat`` returns the ids of all docs as one array."""
         lens = np.array([len(d) for d in docs], dtype=np.int64)
         bounds = np.concatenate([[0], np.cumsum(lens)])
         total = int(bounds[-1])
         if total == 0:
-            return [np.zeros(0, dtype=np.int64) for _ in docs]
+            return np.zeros(0, dtype=np.int64) if flat else [np.zeros(0, dtype=np.int64) for _ in docs]
         buf = np.frombuffer(b"".join(docs), dtype=np.uint8)
         stop = np.repeat(bounds[1:], lens)
         ms, ml, mid, sizes = self._matches(buf, stop)
@@ -150,6 +166,10 @@ class Tokenizer:
             cursor[ee] += 1
         ml, mid = ml[order], mid[order]
         w = self.logp[mid] if alpha is None else alpha * self.logp[mid]
+        if exclude_whole:
+            ms = ms[order]
+            doc = np.searchsorted(bounds, ms, side="right") - 1
+            w = np.where((ms == bounds[doc]) & (ml == lens[doc]), -np.inf, w)
         ends, ids = [], []
         for rows in _buckets(seg_len, self.max_cells):      # rows sorted by length, ascending
             B, T = len(rows), int(seg_len[rows[-1]])
@@ -168,8 +188,8 @@ class Tokenizer:
                 cand = S[rr, t - ml[idx]] + w[idx]           # S[t-l] + w(piece)
                 key = cand if alpha is None else cand + rng.gumbel(size=len(cand))
                 m = np.maximum.reduceat(key, head)
-                best = np.flatnonzero(key == np.repeat(m, c))
-                best = best[np.concatenate([[True], rr[best[1:]] != rr[best[:-1]]])]
+                best = np.flatnonzero(key == np.repeat(m, c))    # ties: the longest last piece, as in the package
+                best = best[np.concatenate([rr[best[1:]] != rr[best[:-1]], [True]])]
                 if alpha is None:
                     S[j0:, t] = m
                 else:
@@ -190,6 +210,8 @@ class Tokenizer:
         at_end = np.full(total + 1, -1, dtype=np.int64)
         at_end[np.concatenate(ends)] = np.concatenate(ids)  # token ending at each position, or -1
         is_end = at_end >= 0
+        if flat:
+            return at_end[is_end]
         cuts = np.cumsum(is_end)[bounds[1:-1]]
         return np.split(at_end[is_end], cuts)
 
@@ -259,6 +281,9 @@ def count_ngrams(chunks: list[bytes], *, order: int = 6) -> list[dict]:
     out = [{b"": int(lens.sum())}]
     key = np.zeros(len(buf), dtype=np.uint64)
     for j in range(1, order + 1):
+        if j > len(buf):                                        # the text is shorter than the gram
+            out.append({})
+            continue
         valid = np.arange(len(buf)) + j <= stop
         key[: len(buf) - j + 1] = (key[: len(buf) - j + 1] << np.uint64(8)) | buf[j - 1:]
         u, c = np.unique(key[valid], return_counts=True)
@@ -276,7 +301,7 @@ def _bnlm_segment(chunks, ngrams, order, ensure_unicode) -> dict:
     pos = idx - np.repeat(starts, lens)                         # position inside the chunk
     node = np.full((n, order), -np.inf)
     key = np.zeros(n, dtype=np.uint64)
-    for j in range(order):                                      # state j: (j+1)-gram ending here
+    for j in range(min(order, n)):                              # state j: (j+1)-gram ending here
         key[j:] = (key[j:] | (buf[: n - j].astype(np.uint64) << np.uint64(8 * j)))
         table = ngrams[j + 1]
         if not table:
@@ -301,6 +326,7 @@ def _bnlm_segment(chunks, ngrams, order, ensure_unicode) -> dict:
         S = E[:, 0].copy()                                       # (B, order)
         arg0 = np.zeros((B, T), dtype=np.int64)                  # best previous state when starting a piece
         stay = np.zeros((B, T), dtype=bool)                      # last state reached from itself
+        dead = np.zeros((B, T, order), dtype=bool)               # no finite path reaches (t, state)
         for t in range(1, T):
             new = np.empty_like(S)
             arg0[:, t] = S.argmax(1)
@@ -308,7 +334,9 @@ def _bnlm_segment(chunks, ngrams, order, ensure_unicode) -> dict:
             new[:, 1:order - 1] = S[:, :order - 2]
             stay[:, t] = S[:, order - 1] > S[:, order - 2]
             new[:, order - 1] = np.maximum(S[:, order - 2], S[:, order - 1])
-            S = np.where((t < ln)[:, None], new + E[:, t], S)
+            new += E[:, t]
+            dead[:, t] = new == -np.inf
+            S = np.where((t < ln)[:, None], new, S)
         st = S.argmax(1)
         bidx = np.arange(B)
         for t in range(T - 1, 0, -1):                            # backtrack all rows in lockstep
@@ -317,6 +345,9 @@ def _bnlm_segment(chunks, ngrams, order, ensure_unicode) -> dict:
             is_start[starts[rows[b[s == 0]]] + t] = True
             prev = np.where(s == 0, arg0[b, t],
                             np.where(s == order - 1, np.where(stay[b, t], order - 1, order - 2), s - 1))
+            # as in the package (an argmax over all -inf scores is 0): where no finite path reaches a state,
+            # for instance after a byte that no state can emit, the path goes back to state 0
+            prev = np.where(dead[b, t, s], 0, prev)
             st[live] = prev
     data = b"".join(chunks)
     bd = np.flatnonzero(is_start).tolist()
@@ -396,3 +427,398 @@ def compression_rate(texts, encode) -> float:
     if ntok == 0:
         raise ValueError("no tokens")
     return nbytes / ntok
+
+
+# -- rivals: byte-level BPE and a unigram LM trained by EM and pruning -------------------------------------
+class _PairIndex:
+    """Token sequences (one per chunk) as a linked list, with the positions of every adjacent pair."""
+
+    DEAD = -1
+
+    def __init__(self, chunks):
+        self.tok, self.nxt, self.prv = [], [], []
+        for c in chunks:
+            base = len(self.tok)
+            self.tok.extend(c)
+            self.nxt.extend(range(base + 1, base + len(c)))
+            self.nxt.append(-1)
+            self.prv.append(-1)
+            self.prv.extend(range(base, base + len(c) - 1))
+        self.pos: dict = {}
+        for i, j in enumerate(self.nxt):
+            if j >= 0:
+                self.pos.setdefault((self.tok[i], self.tok[j]), set()).add(i)
+
+    def merge(self, pair, new: int) -> set:
+        """Replace every non-overlapping occurrence of ``pair`` (left to right) by ``new``; the changed pairs."""
+        a, b = pair
+        tok, nxt, prv, pos = self.tok, self.nxt, self.prv, self.pos
+        touched = set()
+        for i in sorted(pos.pop(pair, ())):
+            j = nxt[i]
+            if tok[i] != a or j < 0 or tok[j] != b:         # consumed by an overlapping occurrence
+                continue
+            p, k = prv[i], nxt[j]
+            if p >= 0:
+                q = (tok[p], a)
+                if q in pos:
+                    pos[q].discard(p)
+                pos.setdefault((tok[p], new), set()).add(p)
+                touched.update((q, (tok[p], new)))
+            if k >= 0:
+                q = (b, tok[k])
+                if q in pos:
+                    pos[q].discard(j)
+                pos.setdefault((new, tok[k]), set()).add(i)
+                touched.update((q, (new, tok[k])))
+                prv[k] = i
+            tok[i], tok[j], nxt[i] = new, self.DEAD, k
+        return touched
+
+    def sequences(self, starts) -> list[list[int]]:
+        out = []
+        for i in starts:
+            seq = []
+            while i >= 0:
+                seq.append(self.tok[i])
+                i = self.nxt[i]
+            out.append(seq)
+        return out
+
+
+_SP_MAX_CHARS = 16
+
+
+@functools.lru_cache(maxsize=None)
+def _script(ch: str) -> str:
+    """An approximation of a character's Unicode script from its name and category (Python has no script
+    property): letters and marks take the first word of their name (CJK, Hiragana and Katakana count as
+    Han, as in SentencePiece; combining marks inherit), everything else is Common."""
+    cat = _ud.category(ch)
+    if cat[0] not in "LM":
+        return "Common"
+    words = _ud.name(ch, "UNKNOWN").split(" ")
+    first = words[1] if words[0] in ("FULLWIDTH", "HALFWIDTH") and len(words) > 1 else words[0]
+    if first in ("CJK", "HIRAGANA", "KATAKANA", "KATAKANA-HIRAGANA", "IDEOGRAPHIC"):
+        return "Han"
+    if first == "COMBINING":
+        return "Inherited"
+    return first
+
+
+_KIND_CODE: dict = {"newline": "n", "space": "s", "Inherited": "i", "Common": "c"}
+
+
+def _kind_table(s: str) -> dict:
+    """``str.translate`` table: each character of ``s`` -> one code character for its kind (see below)."""
+    table = {}
+    for ch in set(s):
+        kind = "newline" if ch == "\n" else "space" if ch == " " else _script(ch)
+        if kind not in _KIND_CODE:
+            _KIND_CODE[kind] = chr(0x100 + len(_KIND_CODE))
+        table[ord(ch)] = _KIND_CODE[kind]
+    return table
+
+
+def sentencepiece_chunks(text) -> list[bytes]:
+    """Split ``text`` where SentencePiece's default trainer forbids a piece to continue: before every space
+    (a space only starts a piece, ``split_by_whitespace``), at every change of Unicode script
+    (``split_by_unicode_script``; digits and punctuation are Common; a combining mark takes the script before
+    it), and around newlines (SentencePiece trains on lines). The chunks concatenate to ``text``.
+
+    >>> [c.decode() for c in sentencepiece_chunks("Run v2 now，好的")]
+    ['Run', ' v', '2', ' now', '，', '好的']
+    """
+    return _sp_split(_as_bytes(text))
+
+
+def _sp_split(data: bytes, extra_cuts=()) -> list[bytes]:
+    """:func:`sentencepiece_chunks` of ``data``, also cut at the byte offsets ``extra_cuts``."""
+    if not data:
+        return []
+    s = data.decode("utf-8", errors="surrogateescape")
+    codes = s.translate(_kind_table(s))
+    codes = re.sub(r"([^sni])(i+)", lambda m: m.group(1) * (1 + len(m.group(2))), codes).replace("i", "c")
+    k = np.frombuffer(codes.encode("utf-32-le"), dtype=np.uint32)
+    prev, cur = k[:-1], k[1:]
+    sp, nl = ord("s"), ord("n")
+    cut = (cur == sp) | (cur == nl) | (prev == nl) | ((prev != sp) & (cur != prev))
+    cp = np.frombuffer(s.encode("utf-32-le", errors="surrogatepass"), dtype=np.uint32)
+    width = np.where(cp < 0x80, 1, np.where(cp < 0x800, 2, np.where(cp < 0x10000, 3, 4)))
+    width[(cp >= 0xDC80) & (cp <= 0xDCFF)] = 1                       # bytes kept by surrogateescape
+    off = np.concatenate([[0], np.cumsum(width)])
+    bounds = sorted(set([0, len(data)] + off[1:-1][cut].tolist() + [int(c) for c in extra_cuts if 0 < c < len(data)]))
+    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def _n_chars(piece: bytes) -> int:
+    return sum(1 for b in piece if not 128 <= b < 192)
+
+
+class BPE:
+    """Byte-level BPE: ids 0..255 are the bytes, then the ``alphabet`` (multi-byte characters taken as single
+    symbols, as SentencePiece does), then one id per merge ``(a, b)`` in rank order.
+
+    Encoding applies the merges in rank order. With ``sentencepiece=True`` the text is first cut by
+    :func:`sentencepiece_chunks`, so no piece crosses a space or a change of script; otherwise there is no
+    pre-tokenization. The text is never normalized.
+
+    >>> bpe = BPE([(97, 98)])
+    >>> bpe.encode("abab"), bpe.decode(bpe.encode("abab")) == b"abab"
+    ([256, 256], True)
+    """
+
+    def __init__(self, merges, *, alphabet=(), sentencepiece: bool = False):
+        self.alphabet = [_as_bytes(c) for c in alphabet]
+        if any(len(c) < 2 for c in self.alphabet) or len(set(self.alphabet)) != len(self.alphabet):
+            raise ValueError("alphabet must hold distinct multi-byte characters")
+        self.sentencepiece = bool(sentencepiece)
+        self.pieces = [bytes([i]) for i in range(256)] + self.alphabet
+        self.merges = []
+        for r, (a, b) in enumerate(merges):
+            a, b = int(a), int(b)
+            if not (0 <= a < len(self.pieces) and 0 <= b < len(self.pieces)):
+                raise ValueError(f"merge {r} = {(a, b)} refers to an id not defined before it")
+            self.merges.append((a, b))
+            self.pieces.append(self.pieces[a] + self.pieces[b])
+        self._char_id = {c: 256 + i for i, c in enumerate(self.alphabet)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.pieces)
+
+    def _symbols(self, chunk: bytes) -> list[int]:
+        if not self._char_id:
+            return list(chunk)
+        out = []
+        for ch in chunk.decode("utf-8", errors="surrogateescape"):
+            b = ch.encode("utf-8", errors="surrogateescape")
+            out.extend([self._char_id[b]] if b in self._char_id else b)
+        return out
+
+    def encode_batch(self, texts) -> list[list[int]]:
+        docs = [_as_bytes(t) for t in texts]
+        chunks, owner = [], []
+        for k, d in enumerate(docs):
+            parts = sentencepiece_chunks(d) if self.sentencepiece else ([d] if d else [])
+            chunks.extend(self._symbols(p) for p in parts)
+            owner.extend([k] * len(parts))
+        idx = _PairIndex(chunks)
+        base = len(self.pieces) - len(self.merges)
+        for r, pair in enumerate(self.merges):
+            if idx.pos.get(pair):
+                idx.merge(pair, base + r)
+        starts = np.cumsum([0] + [len(c) for c in chunks])[:-1].tolist()
+        out = [[] for _ in docs]
+        for k, seq in zip(owner, idx.sequences(starts)):
+            out[k].extend(seq)
+        return out
+
+    def encode(self, text) -> list[int]:
+        return self.encode_batch([text])[0]
+
+    def decode(self, ids) -> bytes:
+        ids = [int(i) for i in ids]
+        if any(i < 0 or i >= len(self.pieces) for i in ids):
+            raise ValueError(f"token ids must lie in [0, {len(self.pieces)})")
+        return b"".join(self.pieces[i] for i in ids)
+
+
+def _training_chunks(texts, sentencepiece: bool) -> list[bytes]:
+    """The lines of ``texts`` (as :func:`train` counts them), or with ``sentencepiece`` their chunks."""
+    docs = [_as_bytes(t) for t in texts]
+    if not sentencepiece:
+        chunks = [c for d in docs for c in _LINES.findall(d)]
+    else:
+        chunks = [c for d in docs for c in _sp_split(d, [m.end() for m in _LINES.finditer(d)])]
+    if not chunks:
+        raise ValueError("texts is empty")
+    return chunks
+
+
+def _alphabet(chunks, coverage: float = 0.9995) -> list[bytes]:
+    """The multi-byte characters of ``chunks`` among the most frequent characters that cover ``coverage`` of all
+    character occurrences (SentencePiece's ``character_coverage``, default 0.9995), most frequent first."""
+    counts = collections.Counter(re.findall(rb"[\xc0-\xff][\x80-\xbf]+|[\x00-\x7f]", b"".join(chunks)))
+    total, acc, out = sum(counts.values()), 0, []
+    for ch in sorted(counts, key=lambda k: (-counts[k], k)):
+        if acc >= coverage * total:
+            break
+        acc += counts[ch]
+        if len(ch) > 1:
+            out.append(ch)
+    return out
+
+
+def train_bpe(texts, *, vocab_size: int, sentencepiece: bool = False) -> BPE:
+    """BPE (Sennrich et al. 2016) on the bytes of ``texts``, counted line by line like :func:`train`: repeatedly
+    merge the most frequent adjacent pair (ties: the smallest ids) until ``vocab_size`` pieces or no pair
+    occurs twice. ``sentencepiece=True`` follows SentencePiece's default BPE trainer: characters are the
+    initial symbols (those covering 99.95% of the text; the alphabet counts in the vocabulary, rarer characters
+    fall back to bytes), pieces stay inside :func:`sentencepiece_chunks` and have at most 16 characters. No
+    normalization."""
+    import heapq
+
+    vocab_size = check_int("vocab_size", vocab_size, min_value=256)
+    chunks = _training_chunks(texts, sentencepiece)
+    bpe = BPE([], alphabet=_alphabet(chunks) if sentencepiece else (), sentencepiece=sentencepiece)
+    if bpe.vocab_size > vocab_size:
+        raise ValueError(f"vocab_size {vocab_size} is below the 256 bytes and {len(bpe.alphabet)} characters")
+    pieces = list(bpe.pieces)
+    idx = _PairIndex([bpe._symbols(c) for c in chunks])
+    heap = [(-len(v), k) for k, v in idx.pos.items()]
+    heapq.heapify(heap)
+    merges = []
+    while len(pieces) < vocab_size and heap:
+        neg, pair = heapq.heappop(heap)
+        n = len(idx.pos.get(pair, ()))
+        if n != -neg:                                   # stale entry
+            if n:
+                heapq.heappush(heap, (-n, pair))
+            continue
+        if n < 2:
+            break
+        new = pieces[pair[0]] + pieces[pair[1]]
+        if sentencepiece and _n_chars(new) > _SP_MAX_CHARS:
+            continue                                     # never valid; dropped for good
+        merges.append(pair)
+        pieces.append(new)
+        for q in idx.merge(pair, len(pieces) - 1):
+            m = len(idx.pos.get(q, ()))
+            if m:
+                heapq.heappush(heap, (-m, q))
+    return BPE(merges, alphabet=bpe.alphabet, sentencepiece=sentencepiece)
+
+
+def _frequent_substrings(chunks, max_len: int, ensure_unicode: bool) -> dict:
+    """``{substring: count}`` of the substrings of 2..max_len bytes occurring at least twice inside a chunk
+    (64-bit polynomial hashes of all windows; with ``ensure_unicode`` only whole UTF-8 characters)."""
+    buf = np.frombuffer(b"".join(chunks), dtype=np.uint8)
+    n = len(buf)
+    lens = np.array([len(c) for c in chunks], dtype=np.int64)
+    stop = np.repeat(np.cumsum(lens), lens)
+    head = ~((buf >= 128) & (buf < 192)) if ensure_unicode else np.ones(n, dtype=bool)
+    head_after = np.append(head[1:], True)              # whether a character starts after position p
+    h = buf.astype(np.uint64)
+    out = {}
+    with np.errstate(over="ignore"):
+        for L in range(2, max_len + 1):
+            h = h[:-1] * np.uint64(1000003) + buf[L - 1:].astype(np.uint64)
+            i = np.arange(n - L + 1)
+            ok = (i + L <= stop[: n - L + 1]) & head[: n - L + 1]
+            ok &= head_after[L - 1:] | (i + L == stop[: n - L + 1])
+            if not ok.any():
+                break
+            u, first, cnt = np.unique(h[ok], return_index=True, return_counts=True)
+            at = np.flatnonzero(ok)[first[cnt >= 2]]
+            out.update({bytes(buf[a:a + L]): int(c) for a, c in zip(at, cnt[cnt >= 2])})
+    return out
+
+
+def train_unigram(texts, *, vocab_size: int, max_piece_length: int = 36, seed_factor: int = 4,
+                  shrink: float = 0.75, em_steps: int = 2, sentencepiece: bool = False, seed: int = 0) -> Tokenizer:
+    """A unigram language-model tokenizer trained as SentencePiece's ``unigram`` model is (Kudo 2018), on bytes:
+
+    seed with the ``seed_factor * vocab_size`` substrings (whole characters, up to ``max_piece_length``
+    bytes, occurring twice) of largest count x length, then repeat: ``em_steps`` EM steps (the E-step's
+    expected counts estimated from one segmentation sampled from the posterior, alpha = 1; the M-step
+    ``log p = digamma(c) - digamma(sum c)`` as in SentencePiece, pieces with count 0 dropped), and prune to
+    ``max(vocab_size, shrink * size)`` pieces, keeping those whose removal costs the most likelihood,
+    ``freq(w) * (log p(w) - log p(best split of w without w))``. The 256 bytes always stay; with
+    ``sentencepiece=True`` so do the characters that cover 99.95% of the corpus (SentencePiece's required
+    characters), and
+    pieces stay inside :func:`sentencepiece_chunks` with at most 16 characters. Returns a
+    :class:`Tokenizer` with at most ``vocab_size`` pieces (exactly, unless EM itself drops below it).
+    """
+    from scipy.special import digamma
+
+    vocab_size = check_int("vocab_size", vocab_size, min_value=256)
+    max_piece_length = check_int("max_piece_length", max_piece_length, min_value=2)
+    seed_factor = check_int("seed_factor", seed_factor, min_value=1)
+    shrink = check_real("shrink", shrink, low=0.0, high=1.0, low_open=True, high_open=True)
+    em_steps = check_int("em_steps", em_steps, min_value=1)
+    chunks = _training_chunks(texts, sentencepiece)
+    rng = np.random.default_rng(seed)
+    subs = _frequent_substrings(chunks, max_piece_length, True)
+    required = {bytes([i]) for i in range(256)} | (set(_alphabet(chunks)) if sentencepiece else set())
+    if len(required) > vocab_size:
+        raise ValueError(f"vocab_size {vocab_size} is below the {len(required)} required bytes and characters")
+    cand = [k for k in subs if k not in required and not (sentencepiece and _n_chars(k) > _SP_MAX_CHARS)]
+    top = sorted(cand, key=lambda k: (-subs[k] * len(k), k))[: seed_factor * vocab_size]
+    counts = {k: float(subs.get(k, 1)) for k in required}
+    counts.update({k: float(subs[k]) for k in top})
+
+    def em(counts, drop):
+        for _ in range(em_steps):
+            tok = Tokenizer(counts)
+            c = np.bincount(tok._segment(chunks, 1.0, rng, flat=True), minlength=tok.vocab_size).astype(np.float64)
+            keep = (c > 0) | np.array([p in required for p in tok.pieces]) | (not drop)
+            c = np.maximum(c, 0.5)
+            p = np.exp(digamma(c) - digamma(c[keep].sum()))
+            counts = {tok.pieces[i]: float(p[i]) for i in np.flatnonzero(keep)}
+        return counts
+
+    while True:
+        counts = em(counts, drop=True)
+        if len(counts) <= vocab_size:
+            break
+        tok = Tokenizer(counts)
+        freq = np.bincount(tok._segment(chunks, None, None, flat=True), minlength=tok.vocab_size).astype(np.float64)
+        free = np.array([i for i, p in enumerate(tok.pieces) if p not in required], dtype=np.int64)
+        alt = [tok.logp[ids].sum() for ids in tok._segment([tok.pieces[i] for i in free], None, None, exclude_whole=True)]
+        loss = freq[free] * (tok.logp[free] - np.array(alt))
+        n_keep = max(vocab_size, int(shrink * len(counts))) - (len(counts) - len(free))
+        kept = {tok.pieces[i] for i in free[np.lexsort((free, -loss))[:n_keep]]}
+        counts = {k: v for k, v in counts.items() if k in required or k in kept}
+        if len(counts) <= vocab_size:
+            counts = em(counts, drop=False)
+            break
+    return Tokenizer(counts)
+
+
+# -- a multilingual corpus that ships with the book's environment --------------------------------------------
+def sphinx_messages(lang: str) -> list[tuple[str, str]]:
+    """The ``(English message, translation)`` pairs of Sphinx's message catalog for ``lang`` (``"zh_CN"``,
+    ``"fr"``, ...), as installed (Sphinx is pinned in ``constraints.txt``): real human translations of the
+    same about 800 user-interface messages into 60-odd languages. Untranslated messages are left out."""
+    import os
+
+    import sphinx
+    from babel.messages.pofile import read_po
+
+    path = os.path.join(os.path.dirname(sphinx.__file__), "locale", str(lang), "LC_MESSAGES", "sphinx.po")
+    if not os.path.isfile(path):
+        raise ValueError(f"Sphinx has no message catalog for {lang!r}")
+    with open(path, "rb") as f:
+        catalog = read_po(f)
+    pairs = []
+    for m in catalog:
+        msgid = m.id[0] if isinstance(m.id, (tuple, list)) else m.id
+        msgstr = m.string[0] if isinstance(m.string, (tuple, list)) else m.string
+        if msgid and msgstr:
+            pairs.append((msgid, msgstr))
+    return pairs
+
+
+_ASCII_RUN = re.compile(r"[\x21-\x7e]+")
+
+
+def parallel_lengths(pairs) -> np.ndarray:
+    """Lengths of each ``(English, Chinese)`` translation pair, for an information-per-character comparison.
+
+    Runs of printable ASCII in the translation (names, placeholders, code kept untranslated) are removed
+    from both sides, then whitespace is dropped from the translation and collapsed in the English. Returns
+    an int array ``(n, 4)``: English bytes, English letters (A-Z, a-z), translation characters, translation
+    bytes; pairs whose translation has no CJK ideograph left are skipped.
+    """
+    rows = []
+    for en, zh in pairs:
+        for run in _ASCII_RUN.findall(zh):
+            en = en.replace(run, " ", 1)
+        zh = re.sub(r"\s+", "", _ASCII_RUN.sub("", zh))
+        en = re.sub(r"\s+", " ", en).strip()
+        if en and re.search("[\u4e00-\u9fff]", zh):
+            rows.append((len(en.encode()), len(re.findall("[A-Za-z]", en)), len(zh), len(zh.encode())))
+    if not rows:
+        raise ValueError("no pair with a CJK translation")
+    return np.array(rows, dtype=np.int64)
