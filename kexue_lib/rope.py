@@ -20,6 +20,9 @@ depends on the positions only through :math:`n - m`. Two pairings are in use: ``
   relative positions directly.
 * :func:`window_mask`, :func:`hwfa_receptive_field`: sliding-window attention and the receptive field of a
   hybrid window/full stack (HWFA).
+* :func:`hwfa_full_layers`, :func:`hwfa_layers`, :func:`switch_to_rerope`: HWFA + ReRoPE (article 9731), the
+  full layers placed at ``kL/(f+1)``, trained on RoPE and switched to ReRoPE for inference;
+  :func:`causal_logit_count`, :func:`model_logit_count`: the query-key logits such a stack computes.
 * :func:`key_normalize`, :func:`logn_scale`, :func:`rms_norm`, :class:`RMSNorm`: key-normalized attention, the
   :math:`\log n` query scale, and RMSNorm with or without its gain (RoFormerV2).
 * :class:`PositionAttention`, :class:`PositionLM`: one small multi-head attention layer with all of these as
@@ -36,13 +39,15 @@ from torch import nn
 from ._validate import check_int, check_real, check_tensor
 
 __all__ = ["LAYOUTS", "POSITIONS", "NORMS", "NORMALIZATIONS", "attention_weights", "rope_frequencies", "rope_tables", "apply_rope", "rope_scores",
-           "rerope_positions", "rerope_scores", "window_mask", "hwfa_receptive_field", "key_normalize",
-           "logn_scale", "rms_norm", "RMSNorm", "PositionAttention", "PositionLM"]
+           "rerope_positions", "rerope_scores", "window_mask", "hwfa_receptive_field", "hwfa_full_layers", "hwfa_layers",
+           "causal_logit_count", "model_logit_count", "switch_to_rerope", "key_normalize",
+           "logn_scale", "ntk_base", "rms_norm", "RMSNorm", "PositionAttention", "PositionLM",
+           "RESIDUALS", "alpha_ramp", "qk_bias_terms", "mean_by_distance"]
 
 LAYOUTS = ("interleaved", "half")
 POSITIONS = ("rope", "rerope", "nope", "learned")
 NORMS = ("layernorm", "rmsnorm", "rmsnorm_nogain")
-NORMALIZATIONS = ("softmax", "exp", "l2")
+NORMALIZATIONS = ("softmax", "exp", "l2", "swish_l2")
 
 _TABLES: dict = {}
 
@@ -325,6 +330,55 @@ def hwfa_receptive_field(window: int, layers: int) -> int:
     return (window - 1) * (layers - 1) + 1
 
 
+HWFA_PLACEMENTS = ("middle", "last")
+
+
+def hwfa_full_layers(n_layers: int, n_full: int = 1, *, placement: str = "middle") -> list[int]:
+    r"""Indices of the full-attention layers of a hybrid window/full stack (article 9731).
+
+    ``"middle"`` (HWFA + ReRoPE): ``n_full`` layers spread evenly, :math:`\lfloor kL/(f+1) \rfloor` for
+    :math:`k = 1..f` (``L/2`` for one layer, ``L/3`` and ``2L/3`` for two, and so on); ``"last"`` (the
+    original HWFA): the last ``n_full`` layers.
+    """
+    n_layers = check_int("n_layers", n_layers, min_value=1)
+    n_full = check_int("n_full", n_full, min_value=1, max_value=n_layers)
+    if placement not in HWFA_PLACEMENTS:
+        raise ValueError(f"placement must be one of {HWFA_PLACEMENTS}, got {placement!r}")
+    if placement == "last":
+        return list(range(n_layers - n_full, n_layers))
+    return [k * n_layers // (n_full + 1) for k in range(1, n_full + 1)]  # distinct whenever n_full <= n_layers
+
+
+def hwfa_layers(n_layers: int, window: int, *, n_full: int = 1, placement: str = "middle", full: dict | None = None,
+                windowed: dict | None = None) -> list[dict]:
+    """Per-layer options for :class:`PositionLM`: sliding-window layers of width ``window`` (options ``windowed``)
+    and ``n_full`` full-attention layers (options ``full``) placed by :func:`hwfa_full_layers`.
+
+    The original HWFA is ``placement="last"``, ``full={"position": "nope", "logn_train_len": N}``; HWFA + ReRoPE
+    trains full RoPE layers in the middle and switches them with :func:`switch_to_rerope` for inference.
+    """
+    window = check_int("window", window, min_value=1)
+    at = set(hwfa_full_layers(n_layers, n_full, placement=placement))
+    full, windowed = dict(full or {}), dict(windowed or {})
+    if "window" in full or "window" in windowed:
+        raise ValueError("hwfa_layers sets the windows itself; leave 'window' out of full and windowed")
+    return [{**full, "window": None} if i in at else {**windowed, "window": window} for i in range(n_layers)]
+
+
+def causal_logit_count(n: int, window: int | None = None, *, matrices: int = 1) -> int:
+    r"""How many query-key logits one causal layer computes at length ``n``: :math:`\sum_i \min(i + 1, w)` per
+    score matrix (``window=None``: :math:`n(n+1)/2`), times ``matrices`` (2 for ReRoPE's merge of two matrices).
+
+    This is the cost of an implementation that computes only the visible pairs (block-sparse windows); the dense
+    reference :class:`PositionAttention` computes all :math:`n^2` and masks.
+    """
+    n = check_int("n", n, min_value=1)
+    matrices = check_int("matrices", matrices, min_value=1)
+    if window is None or check_int("window", window, min_value=1) >= n:
+        return matrices * n * (n + 1) // 2
+    return matrices * (window * (window + 1) // 2 + (n - window) * window)
+
+
 def key_normalize(k: torch.Tensor, *, eps: float = 0.0) -> torch.Tensor:
     """Keys scaled to unit L2 norm over the last dimension (article 9859); a zero key raises ``ValueError``
     unless ``eps > 0`` is given."""
@@ -349,6 +403,21 @@ def logn_scale(n_positions, train_len: int, *, per_position: bool = True) -> tor
         n = torch.arange(1, n_positions + 1, dtype=torch.float64)
         return (n.log() / math.log(train_len)).clamp(min=1.0)[:, None]
     return torch.tensor(max(1.0, math.log(n_positions) / math.log(train_len)), dtype=torch.float64)
+
+
+def ntk_base(base: float, scale: float, dim: int) -> float:
+    r"""NTK-aware RoPE base for a context ``scale`` times the training length: :math:`b\,s^{d/(d-2)}`.
+
+    The lowest frequency :math:`b^{-(d-2)/d}` becomes exactly :math:`1/s` of itself (its angles at the new length
+    stay inside the trained range: interpolation) while the highest, :math:`1`, is unchanged (extrapolation).
+    Article 9859 tests it on top of key normalization; the rule is from kexue.fm/archives/9675.
+    """
+    base = _check_base(base)
+    scale = check_real("scale", scale, low=1.0)
+    dim = check_int("dim", dim, min_value=4)
+    if dim % 2:
+        raise ValueError(f"RoPE needs an even feature dimension, got {dim}")
+    return base * scale ** (dim / (dim - 2))
 
 
 def rms_norm(x: torch.Tensor, *, eps: float = 1e-6, weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -389,7 +458,9 @@ def attention_weights(logits: torch.Tensor, normalize: str = "softmax") -> torch
     r"""Attention weights from logits ``(..., n_k)`` with masked entries at ``-inf`` (weight 0).
 
     ``"softmax"``: rows sum to 1. ``"exp"``: :math:`e^{s}` with no denominator. ``"l2"``:
-    :math:`e^{s}/\|e^{s}\|_2` per row (computed stably). A row with every key masked raises ``ValueError``.
+    :math:`e^{s}/\|e^{s}\|_2` per row (computed stably). ``"swish_l2"``: :math:`\mathrm{swish}(s)/\|\mathrm{swish}(s)\|_2`
+    per row (signed weights, masked keys 0; article 9105's last variant). A row with every key masked raises
+    ``ValueError``.
     """
     check_tensor("logits", logits, floating=True)
     if normalize not in NORMALIZATIONS:
@@ -401,6 +472,9 @@ def attention_weights(logits: torch.Tensor, normalize: str = "softmax") -> torch
         return torch.softmax(logits, dim=-1)
     if normalize == "exp":
         return torch.exp(logits)
+    if normalize == "swish_l2":
+        w = F.silu(logits.masked_fill(torch.isneginf(logits), 0.0)).masked_fill(torch.isneginf(logits), 0.0)
+        return w / w.pow(2).sum(-1, keepdim=True).sqrt().clamp_min(torch.finfo(w.dtype).tiny)
     e = torch.exp(logits - m)
     return e / e.pow(2).sum(-1, keepdim=True).sqrt()
 
@@ -416,16 +490,19 @@ class PositionAttention(nn.Module):
     ``sqrt(head_dim)``), replacing the ``1/sqrt(head_dim)`` scale (article 9859). ``logn_train_len``: multiply
     the logits of query ``i`` by :func:`logn_scale` (causal) for that training length. ``normalize`` (article
     9105's counter-measures to row-stochastic attention): ``"softmax"``; ``"exp"`` (the weights
-    :math:`e^{s_{ij}}` with no denominator); ``"l2"`` (:math:`e^{s_{ij}} / \|e^{s_{i\cdot}}\|_2`). ``urpe``: an
+    :math:`e^{s_{ij}}` with no denominator); ``"l2"`` (:math:`e^{s_{ij}} / \|e^{s_{i\cdot}}\|_2`); ``"swish_l2"``
+    (:math:`\mathrm{swish}(s_{ij}) / \|\mathrm{swish}(s_{i\cdot})\|_2`, signed weights). ``urpe``: an
     int ``R`` multiplies the weights by a learned Toeplitz matrix :math:`c_{h,\mathrm{clip}(i-j,-R,R)}` per head
-    (URPE, arXiv:2205.13401), initialized to ones. All options are attributes and can be changed after training (e.g. RoPE to ReRoPE).
+    (URPE, arXiv:2205.13401), initialized to ones. ``query_norm``: L2-normalized queries with no
+    ``1/sqrt(head_dim)`` scale (article 9859's QNA); with ``key_norm`` too, the logits are ``key_scale`` times
+    :math:`\cos(q_i, k_j)` (CosA, arXiv:2010.04245) before any :math:`\log n` factor. All options are attributes and can be changed after training (e.g. RoPE to ReRoPE).
     """
 
     def __init__(self, d_model: int, n_heads: int = 4, *, causal: bool = True, position: str = "rope",
                  window: int | None = None, rerope_window: int | None = None, leak: float | None = None,
                  qk_bias: bool = True, bias: bool = True, key_norm: bool = False, key_scale="learned",
                  logn_train_len: int | None = None, normalize: str = "softmax", urpe: int | None = None,
-                 base: float = 10000.0, layout: str = "interleaved"):
+                 base: float = 10000.0, layout: str = "interleaved", query_norm: bool = False):
         super().__init__()
         d_model = check_int("d_model", d_model, min_value=2)
         n_heads = check_int("n_heads", n_heads, min_value=1)
@@ -438,6 +515,7 @@ class PositionAttention(nn.Module):
         self.o = nn.Linear(d_model, d_model, bias=bias)
         self.causal, self.position, self.window = causal, position, window
         self.rerope_window, self.leak, self.key_norm = rerope_window, leak, key_norm
+        self.query_norm = query_norm
         self.logn_train_len, self.normalize, self.base, self.layout = logn_train_len, normalize, base, layout
         if key_scale == "learned":
             self.key_scale = nn.Parameter(torch.tensor(math.sqrt(self.head_dim)))
@@ -480,6 +558,9 @@ class PositionAttention(nn.Module):
             scale = 1.0
         else:
             scale = 1.0 / math.sqrt(self.head_dim)
+        if self.query_norm:  # QNA (unit queries, no 1/sqrt(d)); with key_norm, cosine attention times key_scale
+            q = key_normalize(q, eps=1e-12)
+            scale = 1.0
         if self.logn_train_len is not None:
             q = q * logn_scale(n, self.logn_train_len).to(q)
         if self.position == "rope":
@@ -505,21 +586,42 @@ class PositionAttention(nn.Module):
         return self.o(out)
 
 
+RESIDUALS = ("pre", "post", "rezero")
+
+
+def alpha_ramp(step: int, ramp_steps: int) -> float:
+    r"""RoFormerV2's residual scale :math:`\alpha = \min(1, s / S)`: 0 at step 0, linear up to 1 at ``ramp_steps``."""
+    step = check_int("step", step, min_value=0)
+    ramp_steps = check_int("ramp_steps", ramp_steps, min_value=1)
+    return min(1.0, step / ramp_steps)
+
+
 class _Block(nn.Module):
-    def __init__(self, d_model, n_heads, norm, bias, ffn_mult, attn_kwargs):
+    def __init__(self, d_model, n_heads, norm, bias, ffn_mult, attn_kwargs, residual="pre"):
         super().__init__()
+        self.residual = residual
         self.norm1, self.norm2 = _norm(norm, d_model, bias), _norm(norm, d_model, bias)
         self.attn = PositionAttention(d_model, n_heads, bias=bias, **attn_kwargs)
         self.ffn = nn.Sequential(nn.Linear(d_model, ffn_mult * d_model, bias=bias), nn.GELU(),
                                  nn.Linear(ffn_mult * d_model, d_model, bias=bias))
+        if residual == "rezero":  # ReZero: x + a F(x), a trainable from 0, no norm (arXiv:2003.04887)
+            del self.norm1, self.norm2
+            self.alpha1, self.alpha2 = nn.Parameter(torch.zeros(())), nn.Parameter(torch.zeros(()))
+        self.alpha = 1.0  # post-norm residual scale, set from outside (RoFormerV2's ramp)
 
     def forward(self, x):
+        if self.residual == "post":  # Norm(x + alpha F(x))
+            x = self.norm1(x + self.alpha * self.attn(x))
+            return self.norm2(x + self.alpha * self.ffn(x))
+        if self.residual == "rezero":
+            x = x + self.alpha1 * self.attn(x)
+            return x + self.alpha2 * self.ffn(x)
         x = x + self.attn(self.norm1(x))
         return x + self.ffn(self.norm2(x))
 
 
 class PositionLM(nn.Module):
-    """A small pre-norm Transformer whose attention layers are :class:`PositionAttention`.
+    r"""A small pre-norm Transformer whose attention layers are :class:`PositionAttention`.
 
     ``vocab`` tokens in; ``n_out`` outputs per position (``vocab`` by default: a language model; 1 for a
     regression probe). ``causal=True`` is a decoder, ``False`` an encoder. ``attention`` holds the keyword
@@ -527,13 +629,20 @@ class PositionLM(nn.Module):
     HWFA's windowed layers under one full layer. ``absolute="learned"`` adds learned absolute position
     embeddings for up to ``max_len`` positions (then ``position="nope"`` is the usual choice).
     ``norm`` is one of :data:`NORMS`; ``bias=False`` removes every bias (RoFormerV2).
+    ``residual`` (:data:`RESIDUALS`): ``"pre"`` (default) :math:`x + F(\mathrm{Norm}(x))`; ``"post"``
+    :math:`\mathrm{Norm}(x + \alpha F(x))` with :math:`\alpha` set by :meth:`set_alpha` (1 by default; RoFormerV2
+    ramps it from 0, see :func:`alpha_ramp`), the final norm then skipped; ``"rezero"`` :math:`x + \alpha F(x)`
+    with a trainable :math:`\alpha` per sublayer starting at 0 and no norm at all (ReZero).
     """
 
     def __init__(self, vocab: int, *, d_model: int = 64, n_heads: int = 4, n_layers: int = 2, causal: bool = True,
                  n_out: int | None = None, norm: str = "layernorm", bias: bool = True, ffn_mult: int = 4,
                  absolute: str | None = None, max_len: int | None = None, attention: dict | None = None,
-                 layers: list[dict] | None = None):
+                 layers: list[dict] | None = None, residual: str = "pre"):
         super().__init__()
+        if residual not in RESIDUALS:
+            raise ValueError(f"residual must be one of {RESIDUALS}, got {residual!r}")
+        self.residual = residual
         vocab = check_int("vocab", vocab, min_value=1)
         n_layers = check_int("n_layers", n_layers, min_value=1)
         ffn_mult = check_int("ffn_mult", ffn_mult, min_value=1)
@@ -553,14 +662,22 @@ class PositionLM(nn.Module):
         self.embed = nn.Embedding(vocab, d_model)
         self.pos = nn.Embedding(max_len, d_model) if absolute else None
         self.blocks = nn.ModuleList(
-            _Block(d_model, n_heads, norm, bias, ffn_mult, {"causal": causal, **attention, **extra})
+            _Block(d_model, n_heads, norm, bias, ffn_mult, {"causal": causal, **attention, **extra}, residual)
             for extra in layers)
-        self.norm = _norm(norm, d_model, bias)
+        self.norm = _norm(norm, d_model, bias) if residual == "pre" else nn.Identity()
         self.head = nn.Linear(d_model, n_out, bias=bias)
 
     def attentions(self) -> list[PositionAttention]:
         """The attention layers, in order (to change their options after training)."""
         return [b.attn for b in self.blocks]
+
+    def set_alpha(self, alpha: float) -> None:
+        r"""Set the residual scale :math:`\alpha` of every block of a ``residual="post"`` model."""
+        if self.residual != "post":
+            raise ValueError(f"set_alpha needs residual='post', this model has residual={self.residual!r}")
+        alpha = check_real("alpha", alpha, low=0.0)
+        for b in self.blocks:
+            b.alpha = alpha
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         check_tensor("tokens", tokens, ndim=2)
@@ -574,3 +691,80 @@ class PositionLM(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x))
+
+
+def _attention_layers(model) -> list:
+    layers = model.attentions() if isinstance(model, PositionLM) else list(model)
+    if not all(isinstance(a, PositionAttention) for a in layers):
+        raise ValueError("expected a PositionLM or a sequence of PositionAttention layers")
+    return layers
+
+
+def switch_to_rerope(model, window: int, *, leak: float | None = None) -> list[int]:
+    """Switch every full-attention RoPE layer of ``model`` (a :class:`PositionLM` or a list of
+    :class:`PositionAttention`) to ReRoPE (``leak=None``) or Leaky ReRoPE with ``window``, in place; windowed and
+    non-RoPE layers are left alone (HWFA + ReRoPE, article 9731). Returns the indices of the switched layers."""
+    window, leak = _check_window_leak(window, leak)
+    layers = _attention_layers(model)
+    switched = [i for i, a in enumerate(layers) if a.position == "rope" and a.window is None]
+    for i in switched:
+        if not layers[i].causal:
+            raise ValueError(f"layer {i} is bidirectional; ReRoPE is defined for causal attention only")
+        layers[i].position, layers[i].rerope_window, layers[i].leak = "rerope", window, leak
+    return switched
+
+
+def model_logit_count(model, n: int) -> int:
+    """:func:`causal_logit_count` summed over the layers of ``model`` at length ``n``, ReRoPE layers counting two
+    score matrices each (the cost of inference at length ``n`` in query-key logits)."""
+    n = check_int("n", n, min_value=1)
+    layers = _attention_layers(model)
+    if not all(a.causal for a in layers):
+        raise ValueError("model_logit_count counts causal layers only")
+    return sum(causal_logit_count(n, a.window, matrices=2 if a.position == "rerope" else 1) for a in layers)
+
+
+def qk_bias_terms(attn: PositionAttention, x: torch.Tensor) -> torch.Tensor:
+    r"""The four terms of a RoPE layer's logits with query and key biases (article 9577), ``(4, b, h, n, n)``.
+
+    With the projections split into bias-free parts :math:`q_i = W_q x_i`, :math:`k_j = W_k x_j` and the biases
+    :math:`a`, :math:`b` (one per head), the logit of query ``i`` and key ``j`` is
+    :math:`(q_i + a)^\top R_{j-i} (k_j + b)/\sqrt{d_h} = [q_i^\top R k_j + a^\top R k_j + q_i^\top R b + a^\top R b]/\sqrt{d_h}`;
+    the four are returned in that order, each scaled by :math:`1/\sqrt{d_h}`. Their sum is ``attn.logits(x)`` on the
+    visible entries; no mask is applied here (the causal future is included: mask it with :func:`window_mask`).
+    The fourth term depends on ``i - j`` only. Needs ``position="rope"``, ``qk_bias=True`` and no query or key
+    normalization or :math:`\log n` scale (which would mix the terms).
+    """
+    if not isinstance(attn, PositionAttention):
+        raise ValueError(f"qk_bias_terms needs a PositionAttention layer, got {type(attn).__name__}")
+    attn.check_options()
+    if attn.position != "rope" or attn.q.bias is None or attn.k.bias is None:
+        raise ValueError("qk_bias_terms needs a layer with position='rope' and qk_bias=True")
+    if attn.key_norm or attn.query_norm or attn.logn_train_len is not None:
+        raise ValueError("qk_bias_terms needs a layer without key_norm, query_norm or logn_train_len")
+    check_tensor("x", x, ndim=3, floating=True)
+    if x.shape[-1] != attn.d_model:
+        raise ValueError(f"x must be (batch, n, {attn.d_model}), got {tuple(x.shape)}")
+    b_, n = x.shape[0], x.shape[1]
+    q = attn._heads(F.linear(x, attn.q.weight))  # (b, h, n, dh) without the bias
+    k = attn._heads(F.linear(x, attn.k.weight))
+    a = attn.q.bias.view(1, attn.n_heads, 1, attn.head_dim).expand(b_, -1, n, -1)  # (b, h, n, dh), the same row per position
+    bb = attn.k.bias.view(1, attn.n_heads, 1, attn.head_dim).expand(b_, -1, n, -1)
+    opts = dict(base=attn.base, layout=attn.layout)
+    terms = [rope_scores(u, w, **opts) for u, w in ((q, k), (a, k), (q, bb), (a, bb))]
+    return torch.stack(terms) / math.sqrt(attn.head_dim)
+
+
+def mean_by_distance(t: torch.Tensor, *, max_distance: int | None = None) -> torch.Tensor:
+    """Means of the causal sub-diagonals of ``t`` ``(..., n, n)``: ``out[..., r]`` is the mean over queries
+    ``i >= r`` of ``t[..., i, i - r]``, for ``r = 0 .. max_distance`` (default ``n - 1``); shape ``(..., R + 1)``.
+
+    For attention weights it is the average weight a query gives the key ``r`` positions back; for a logit term
+    it is the term's trend in the relative position. Entries above the diagonal are never read.
+    """
+    check_tensor("t", t, floating=True)
+    if t.ndim < 2 or t.shape[-1] != t.shape[-2]:
+        raise ValueError(f"mean_by_distance needs a (..., n, n) tensor, got shape {tuple(t.shape)}")
+    n = t.shape[-1]
+    top = n - 1 if max_distance is None else check_int("max_distance", max_distance, min_value=0, max_value=n - 1)
+    return torch.stack([torch.diagonal(t, offset=-r, dim1=-2, dim2=-1).mean(-1) for r in range(top + 1)], dim=-1)
