@@ -68,6 +68,8 @@ Part VII, sequences and tokenizers
 
 * :mod:`kexue_lib.rnn`: the parallel linear recurrence (scan; diagonal, dense or complex) and DEER: Picard and
   Newton sweeps that solve a non-linear RNN (tanh, GRU) over the whole sequence, with implicit gradients (9783).
+* :mod:`kexue_lib.rnn_models`: small recurrent models trained as per-seed ensembles (K-sweep linear RNN,
+  linear RNN + MLP stack, GRU) on a tanh-RNN teacher (9783).
 * :mod:`kexue_lib.tokenize`: a BytePiece-style byte-level unigram tokenizer: n-gram training with pruning, exact
   Viterbi, alpha sampling, lossless encode/decode of any bytes, JSON save/load (9752).
 * :mod:`kexue_lib.long_range`: a synthetic fine-grained sequence-classification task, a gated diagonal

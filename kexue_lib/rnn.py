@@ -13,6 +13,10 @@ Key equations
   ``h^(n)_t - M_t h^(n)_{t-1} = f(h^(n-1)_{t-1}, u_t) - M_t h^(n-1)_{t-1}``:
   ``M_t = M`` fixed is the article's perturbation/Picard sweep (``M = 0`` is plain Jacobi), and
   ``M_t = df/dh (h^(n-1)_{t-1}, u_t)`` is Newton's method (DEER), which converges quadratically.
+* Diagonalised, ``A = V Lambda V^-1`` and ``y = V^-1 x``, a fixed-matrix sweep is element-wise; the article then frees
+  the matrices: ``y^(n)_t - lam y^(n)_{t-1} = P tanh(Q y^(n-1)_{t-1} + u_t) - lam y^(n-1)_{t-1}`` with ``PQ = Lambda``
+  at initialisation (:func:`iterated_linear_rnn`; a fixed number of its sweeps is a model of its own, see
+  :mod:`kexue_lib.rnn_models`).
 * Gradients at the converged solution by the implicit function theorem: the adjoint solves the reversed
   linear recurrence ``lam_t = g_t + J_{t+1}^T lam_{t+1}``, then one vector-Jacobian product of ``f`` gives
   the gradients of the inputs, the initial state and the parameters (no backprop through the iterations).
@@ -29,7 +33,8 @@ from torch import Tensor
 
 from ._validate import check_int, check_real, check_tensor
 
-__all__ = ["linear_recurrence", "tanh_rnn_cell", "tanh_rnn_jacobian", "gru_cell", "rnn_sequential", "deer_rnn"]
+__all__ = ["linear_recurrence", "tanh_rnn_cell", "tanh_rnn_jacobian", "gru_cell", "rnn_sequential", "deer_rnn",
+           "iterated_linear_rnn"]
 
 METHODS = ("sequential", "picard", "newton")
 
@@ -122,9 +127,13 @@ def tanh_rnn_jacobian(h: Tensor, u: Tensor, A: Tensor) -> Tensor:
 
 
 def gru_cell(h: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
-    """One GRU step in ``torch.nn.GRUCell``'s layout (gates r, z, n stacked in ``w_ih`` (3H, I), ``w_hh`` (3H, H))."""
-    gi = x @ w_ih.T + b_ih  # (..., 3H)
-    gh = h @ w_hh.T + b_hh  # (..., 3H)
+    """One GRU step in ``torch.nn.GRUCell``'s layout (gates r, z, n stacked in ``w_ih`` (3H, I), ``w_hh`` (3H, H)).
+
+    The weights may carry leading dims (an ensemble of GRUs: ``w_ih`` (S, 3H, I) with ``x`` (S, B, I) and the
+    biases (S, 1, 3H)); they broadcast like ``torch.matmul``.
+    """
+    gi = x @ w_ih.mT + b_ih  # (..., 3H)
+    gh = h @ w_hh.mT + b_hh  # (..., 3H)
     i_r, i_z, i_n = gi.chunk(3, dim=-1)
     h_r, h_z, h_n = gh.chunk(3, dim=-1)
     r, z = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
@@ -245,3 +254,68 @@ def deer_rnn(cell: Callable, u: Tensor, h0: Tensor, params: Sequence[Tensor], *,
     if return_info:
         return h, {"iterations": len(history), "history": history}
     return h
+
+
+def iterated_linear_rnn(u: Tensor, lam: Tensor, P: Tensor, Q: Tensor, *, sweeps: int | None,
+                        return_history: bool = False):
+    """The article's diagonalised iteration with free matrices, ``sweeps`` sweeps from ``y^(0) = 0``:
+
+    ``y^(n)_t - lam * y^(n)_{t-1} = P tanh(Q y^(n-1)_{t-1} + u_t) - lam * y^(n-1)_{t-1}``, ``y_0 = 0``,
+
+    every sweep an element-wise linear recurrence (the scan). Its fixed point is the non-linear RNN
+    ``y_t = P tanh(Q y_{t-1} + u_t)``; ``sweeps=None`` returns that fixed point, computed by the plain loop.
+    With ``P = V^-1`` and ``Q = V Lambda`` (``A = V Lambda V^-1``) the sweeps are those of the tanh RNN with matrix
+    ``A`` in the coordinates ``y = V^-1 x``; initialising free ``P, Q`` with ``PQ = Lambda`` makes ``lam`` the
+    linear part of the RNN ``x_t = tanh(QP x_{t-1} + u_t)`` that the fixed point encodes (``y = P x``).
+
+    Shapes: ``u`` (..., T, D); ``lam`` (..., D); ``P``, ``Q`` (..., D, D), their leading dims broadcasting against
+    ``u``'s leading dims (not T). Real or complex (``u`` real, ``lam, P, Q`` complex: ``tanh`` takes the real part
+    of its argument, as for a real RNN written in a complex eigenbasis). Autograd flows through the sweeps.
+    Returns ``y`` (..., T, D), and with ``return_history`` also the list of iterates after each sweep.
+
+    >>> u = torch.tensor([[0.5], [0.2], [-0.1]], dtype=torch.float64)
+    >>> one = torch.ones(1, 1, dtype=torch.float64)
+    >>> y = iterated_linear_rnn(u, torch.tensor([0.3], dtype=torch.float64), one, 0.3 * one, sweeps=3)
+    >>> torch.allclose(y, rnn_sequential(tanh_rnn_cell, u, torch.zeros(1, dtype=torch.float64), (0.3 * one,)))
+    True
+    """
+    for name, t in (("u", u), ("lam", lam), ("P", P), ("Q", Q)):
+        check_tensor(name, t)
+        if not (t.is_floating_point() or t.is_complex()):
+            raise ValueError(f"{name} must be a floating-point or complex tensor, got {t.dtype}")
+    if u.is_complex():
+        raise ValueError("u must be real (the inputs of a real RNN)")
+    if u.ndim < 2:
+        raise ValueError(f"u must have shape (..., T, D), got {tuple(u.shape)}")
+    D = u.shape[-1]
+    if lam.shape[-1:] != (D,) or P.shape[-2:] != (D, D) or Q.shape[-2:] != (D, D):
+        raise ValueError(f"lam must end in ({D},) and P, Q in ({D}, {D}); got {tuple(lam.shape)}, "
+                         f"{tuple(P.shape)}, {tuple(Q.shape)}")
+    complex_ = lam.is_complex() or P.is_complex() or Q.is_complex()
+
+    def nonlin(pre):  # tanh of a real RNN's pre-activation, back in the dtype of P
+        act = torch.tanh(pre.real if complex_ else pre)
+        return act.to(P.dtype) if complex_ else act
+
+    lead = torch.broadcast_shapes(u.shape[:-2], lam.shape[:-1], P.shape[:-2], Q.shape[:-2])
+    dtype = torch.promote_types(torch.promote_types(u.dtype, lam.dtype), torch.promote_types(P.dtype, Q.dtype))
+    if sweeps is None:  # the fixed point y_t = P tanh(Q y_{t-1} + u_t), by the loop
+        h = torch.zeros(*lead, D, dtype=dtype, device=u.device)
+        out = []
+        for t in range(u.shape[-2]):
+            h = torch.einsum("...ij,...j->...i", P, nonlin(torch.einsum("...ij,...j->...i", Q, h) + u[..., t, :]))
+            out.append(h)
+        y = torch.stack(out, dim=-2)  # (..., T, D)
+        return (y, [y]) if return_history else y
+    sweeps = check_int("sweeps", sweeps, min_value=1)
+    y = torch.zeros(*lead, *u.shape[-2:], dtype=dtype, device=u.device)  # y^(0) = 0
+    lam_t = lam.unsqueeze(-2)  # (..., 1, D)
+    history = []
+    for _ in range(sweeps):
+        prev = torch.cat([torch.zeros_like(y[..., :1, :]), y[..., :-1, :]], dim=-2)  # y^(n-1)_{t-1}: (..., T, D)
+        pre = torch.einsum("...ij,...tj->...ti", Q, prev) + u  # Q y^(n-1)_{t-1} + u_t: (..., T, D)
+        rhs = torch.einsum("...ij,...tj->...ti", P, nonlin(pre)) - lam_t * prev  # (..., T, D)
+        y = linear_recurrence(lam_t.expand_as(rhs), rhs)
+        if return_history:
+            history.append(y)
+    return (y, history) if return_history else y

@@ -3,8 +3,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from kexue_lib.rnn import (deer_rnn, gru_cell, linear_recurrence, rnn_sequential, tanh_rnn_cell,
-                           tanh_rnn_jacobian)
+from kexue_lib.rnn import (deer_rnn, gru_cell, iterated_linear_rnn, linear_recurrence, rnn_sequential,
+                           tanh_rnn_cell, tanh_rnn_jacobian)
 
 F64 = torch.float64
 
@@ -142,3 +142,80 @@ def test_cuda_follows_device():
     out = deer_rnn(tanh_rnn_cell, u.cuda(), h0.cuda(), (A.cuda(),), tol=1e-12)
     assert out.device.type == "cuda"
     torch.testing.assert_close(out.cpu(), rnn_sequential(tanh_rnn_cell, u, h0, (A,)), rtol=1e-9, atol=1e-9)
+
+
+# --- iterated_linear_rnn: the article's diagonalised sweeps with free P, Q ----------------------------------------
+
+def test_iterated_equals_diagonalised_tanh_rnn_sweeps():
+    """P = V^-1, Q = V Lambda (A's complex eigenbasis): each sweep is deer_rnn's fixed-A sweep, in y = V^-1 x."""
+    A, u, h0 = _tanh_problem(T=30, D=4, radius=0.8, seed=2)
+    lam, V = torch.linalg.eig(A)
+    _, hist = iterated_linear_rnn(u, lam, torch.linalg.inv(V), V * lam, sweeps=6, return_history=True)
+    _, info = deer_rnn(tanh_rnn_cell, u, h0, (A,), method="picard", picard_matrix=A, tol=0.0, max_iter=6,
+                       return_info=True)
+    for y, x in zip(hist, info["history"]):
+        torch.testing.assert_close((y @ V.T).real, x, rtol=1e-10, atol=1e-10)
+        assert (y @ V.T).imag.abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("T", [1, 7, 33])
+def test_iterated_prefix_exact_and_fixed_point(T):
+    g = torch.Generator().manual_seed(T)
+    D = 3
+    u = torch.randn(2, T, D, generator=g, dtype=F64)
+    lam = torch.rand(D, generator=g, dtype=F64) * 1.8 - 0.9
+    P, Q = (torch.randn(D, D, generator=g, dtype=F64) for _ in range(2))
+    fixed = iterated_linear_rnn(u, lam, P, Q, sweeps=None)
+    h, loop = torch.zeros(2, D, dtype=F64), []
+    for t in range(T):  # the RNN y_t = P tanh(Q y_{t-1} + u_t), written out
+        h = torch.tanh(h @ Q.T + u[:, t]) @ P.T
+        loop.append(h)
+    torch.testing.assert_close(fixed, torch.stack(loop, 1))
+    _, hist = iterated_linear_rnn(u, lam, P, Q, sweeps=T, return_history=True)
+    for k, y in enumerate(hist, start=1):
+        torch.testing.assert_close(y[:, :k], fixed[:, :k], rtol=1e-8, atol=1e-8)
+
+
+def test_iterated_broadcasts_an_ensemble():
+    g = torch.Generator().manual_seed(4)
+    S, B, T, D = 3, 2, 9, 4
+    u = torch.randn(S, B, T, D, generator=g, dtype=F64)
+    lam = torch.rand(S, 1, D, generator=g, dtype=F64)
+    P, Q = (torch.randn(S, 1, D, D, generator=g, dtype=F64) * 0.5 for _ in range(2))
+    for sweeps in (2, None):
+        out = iterated_linear_rnn(u, lam, P, Q, sweeps=sweeps)
+        for s in range(S):
+            torch.testing.assert_close(out[s], iterated_linear_rnn(u[s], lam[s, 0], P[s, 0], Q[s, 0], sweeps=sweeps))
+
+
+def test_iterated_bad_input():
+    u, lam, M = torch.ones(5, 2), torch.ones(2), torch.eye(2)
+    with pytest.raises(ValueError):
+        iterated_linear_rnn(u, torch.ones(3), M, M, sweeps=1)
+    with pytest.raises(ValueError):
+        iterated_linear_rnn(u, lam, torch.eye(3), M, sweeps=1)
+    with pytest.raises(ValueError):
+        iterated_linear_rnn(u, lam, M, M, sweeps=0)
+    with pytest.raises(ValueError):
+        iterated_linear_rnn(u.to(torch.complex64), lam, M, M, sweeps=1)
+    with pytest.raises(ValueError):
+        iterated_linear_rnn(torch.ones(5), lam, M, M, sweeps=1)
+
+
+def test_gru_cell_with_ensemble_weights():
+    H, I, S = 4, 3, 2
+    g = torch.Generator().manual_seed(5)
+    ps = [torch.randn(S, *s, generator=g, dtype=F64) for s in [(3 * H, I), (3 * H, H), (3 * H,), (3 * H,)]]
+    x, h = torch.randn(S, 6, I, generator=g, dtype=F64), torch.randn(S, 6, H, generator=g, dtype=F64)
+    out = gru_cell(h, x, ps[0], ps[1], ps[2][:, None], ps[3][:, None])
+    for s in range(S):
+        torch.testing.assert_close(out[s], gru_cell(h[s], x[s], *(p[s] for p in ps)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_iterated_cuda_follows_device():
+    g = torch.Generator().manual_seed(6)
+    u, lam, P, Q = (torch.randn(*s, generator=g, dtype=F64) * 0.5 for s in [(20, 3), (3,), (3, 3), (3, 3)])
+    out = iterated_linear_rnn(u.cuda(), lam.cuda(), P.cuda(), Q.cuda(), sweeps=4)
+    assert out.device.type == "cuda"
+    torch.testing.assert_close(out.cpu(), iterated_linear_rnn(u, lam, P, Q, sweeps=4))
