@@ -59,6 +59,8 @@ Part VI, losses and objectives
   Viterbi, a CRF tagger) and its sequential-depth probes (8373).
 * :mod:`kexue_lib.cosent`: the CoSENT ranking loss on cosines, the exact sort-and-scan threshold, the article's
   Powell threshold and class-weight searches, a PSD factorization (8847, 8860).
+* :mod:`kexue_lib.pair_matching`: the synthetic sentence-matching task and stacked bi-encoder / interaction
+  models trained per seed, with best-on-validation selection (8860).
 * :mod:`kexue_lib.emo`: the EMO loss (earth mover's distance to a one-hot label under the cosine cost of a frozen
   embedding, O(B V + V d) memory), the CE + EMO mix and soft-label OT bounds (9797).
 * :mod:`kexue_lib.multitask`: multi-task weightings (initial/prior/real-time normalisation, generalised mean,

@@ -13,8 +13,10 @@ ordered by label should be ordered by cosine:
 
     \mathcal L = \log\Big(1 + \sum_{y_i > y_j} e^{\lambda (c_j - c_i)}\Big), \qquad \lambda = 20,
 
-a smooth version of :math:`\max(0, \max_{y_i>y_j}(c_j - c_i))`. It is computed as a ``logsumexp`` over the
-masked pair differences with a zero appended (the "1 +"), so it is finite for any :math:`\lambda` and cosines.
+a smooth version of :math:`\max(0, \max_{y_i>y_j}(c_j - c_i))`. The double sum factors as
+:math:`\sum_i e^{-\lambda c_i}\sum_{y_j<y_i} e^{\lambda c_j}`; after one sort by label the inner sums are a running
+``logcumsumexp``, so the loss costs :math:`O(n\log n)` time and :math:`O(n)` memory (no :math:`n\times n` matrix),
+and a ``logsumexp`` with a zero appended (the "1 +") keeps it finite for any :math:`\lambda` and cosines.
 
 **Thresholds.** A binary score is turned into a class by ``score > threshold``. The accuracy is a step
 function of the threshold that changes only between consecutive sorted scores, so the exact optimum is one
@@ -45,12 +47,12 @@ __all__ = [
 
 
 def pair_cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise cosine ``cos(a_k, b_k)`` of shape ``(n,)`` for ``a``, ``b`` of shape ``(n, d)``."""
-    a = check_tensor("a", a, ndim=2, floating=True)
-    b = check_tensor("b", b, ndim=2, floating=True)
-    if a.shape != b.shape:
-        raise ValueError(f"a and b must have the same shape (n, d), got {tuple(a.shape)} and {tuple(b.shape)}")
-    return F.cosine_similarity(a, b, dim=-1, eps=1e-12)  # (n,)
+    """Row-wise cosine ``cos(a_k, b_k)``: ``(..., n)`` for ``a``, ``b`` of shape ``(..., n, d)`` (e.g. ``(n, d)``)."""
+    a = check_tensor("a", a, floating=True)
+    b = check_tensor("b", b, floating=True)
+    if a.ndim < 2 or a.shape != b.shape:
+        raise ValueError(f"a and b must have the same shape (..., n, d), got {tuple(a.shape)} and {tuple(b.shape)}")
+    return F.cosine_similarity(a, b, dim=-1, eps=1e-12)  # (..., n)
 
 
 def cosent_loss(cos: torch.Tensor, labels: torch.Tensor, *, scale: float = 20.0) -> torch.Tensor:
@@ -58,18 +60,29 @@ def cosent_loss(cos: torch.Tensor, labels: torch.Tensor, *, scale: float = 20.0)
 
     ``cos``: ``(n,)`` floating scores (cosines of the pairs); ``labels``: ``(n,)`` graded labels (any real or
     integer dtype; only their order matters); ``scale``: :math:`\lambda > 0` (20 in the article). Returns a
-    0-dim tensor in the dtype and on the device of ``cos``; 0 when no two labels differ.
+    0-dim tensor in the dtype and on the device of ``cos``; 0 when no two labels differ. Leading batch axes
+    ``(..., n)`` (the same for both) give one loss per batch entry, ``(...)``, each over its own ``n`` pairs.
     """
-    cos = check_tensor("cos", cos, ndim=1, floating=True)
-    labels = check_tensor("labels", labels, ndim=1)
+    cos = check_tensor("cos", cos, floating=True)
+    labels = check_tensor("labels", labels)
+    if cos.ndim < 1:
+        raise ValueError("cos must have shape (..., n), got a 0-dim tensor")
     if labels.shape != cos.shape:
         raise ValueError(f"labels must have the shape of cos {tuple(cos.shape)}, got {tuple(labels.shape)}")
+    if labels.is_floating_point() and not bool(torch.isfinite(labels).all()):
+        raise ValueError("labels must be finite")
     scale = check_real("scale", scale, low=0.0, low_open=True)
-    labels = labels.to(cos.device)
-    diff = scale * (cos[None, :] - cos[:, None])  # (n, n): lambda (c_j - c_i) at [i, j]
-    ordered = labels[:, None] > labels[None, :]  # (n, n): y_i > y_j
-    terms = diff.masked_fill(~ordered, float("-inf")).reshape(-1)  # (n*n,)
-    return torch.logsumexp(torch.cat([terms, cos.new_zeros(1)]), dim=0)  # (): the zero is the "1 +"
+    labels = labels.to(device=cos.device, dtype=torch.int64 if labels.dtype == torch.bool else labels.dtype)
+    # sum_{y_i > y_j} e^{lambda (c_j - c_i)} = sum_i e^{-lambda c_i} sum_{y_j < y_i} e^{lambda c_j}: sort by label,
+    # then the inner sum is a running logsumexp up to the last pair whose label is below y_i (O(n log n), no n x n)
+    y_sorted, order = labels.sort(dim=-1, stable=True)  # (..., n)
+    c_sorted = cos.gather(-1, order)  # (..., n)
+    running = torch.logcumsumexp(scale * c_sorted, dim=-1)  # (..., n): log sum_{k <= m} e^{lambda c_k}
+    below = torch.searchsorted(y_sorted.contiguous(), y_sorted.contiguous(), side="left") - 1  # (..., n)
+    inner = running.gather(-1, below.clamp_min(0)).masked_fill(below < 0, float("-inf"))  # (..., n)
+    terms = inner - scale * c_sorted  # (..., n): log of e^{-lambda c_i} sum_{y_j < y_i} e^{lambda c_j}
+    zero = cos.new_zeros(*cos.shape[:-1], 1)  # (..., 1): the "1 +"
+    return torch.logsumexp(torch.cat([terms, zero], dim=-1), dim=-1)  # (...)
 
 
 def _scores_labels(scores, labels) -> tuple[np.ndarray, np.ndarray]:

@@ -190,8 +190,8 @@ def probe_loss(model: nn.Module, n: int, *, special_tokens: bool = False, target
 def train_probe(model: nn.Module, n: int, *, steps: int = 300, lr: float = 3e-3, special_tokens: bool = False,
                 targets: torch.Tensor | None = None, standardize: bool = True, progress=None) -> list[float]:
     """Train ``model`` in place on the position probe with AdamW (cosine decay, no warmup, no weight decay) and
-    return the loss (:func:`probe_loss`, in the targets' units) per step (the loss before each update; the last entry is followed by one more update, so
-    call :func:`probe_loss` for the final value). The probe's input is one fixed sequence: full-batch training,
+    return the loss (:func:`probe_loss`, in the targets' units) per step, each taken before its update (so call
+    :func:`probe_loss` for the final value). The probe's input is one fixed sequence: full-batch training,
     deterministic given the model's initialization (seed it before building the model)."""
     steps = check_int("steps", steps, min_value=1)
     lr = check_real("lr", lr, low=0.0, low_open=True)

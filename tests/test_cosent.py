@@ -77,6 +77,36 @@ def test_cosent_dtype_device_and_errors():
         pair_cosines(torch.zeros(3, 2), torch.zeros(2, 2))
 
 
+def test_cosent_batched_rows_and_label_dtypes():
+    g = torch.Generator().manual_seed(5)
+    cos = torch.rand(4, 30, generator=g, dtype=torch.float64) * 2 - 1
+    labels = torch.randint(0, 3, (4, 30), generator=g)
+    batched = cosent_loss(cos, labels)
+    assert batched.shape == (4,)
+    torch.testing.assert_close(batched, torch.stack([cosent_loss(cos[s], labels[s]) for s in range(4)]))
+    for s in range(4):
+        assert float(batched[s]) == pytest.approx(_loop_reference(cos[s], labels[s], 20.0), rel=1e-12)
+    c = torch.tensor([0.1, 0.5, -0.2], dtype=torch.float64)
+    ref = float(cosent_loss(c, torch.tensor([1, 0, 0])))
+    assert float(cosent_loss(c, torch.tensor([True, False, False]))) == pytest.approx(ref, rel=1e-15)
+    assert float(cosent_loss(c, torch.tensor([0.9, -1.5, -1.5]))) == pytest.approx(ref, rel=1e-15)
+    with pytest.raises(ValueError):
+        cosent_loss(c, torch.tensor([1.0, float("nan"), 0.0]))
+    with pytest.raises(ValueError):
+        cosent_loss(torch.tensor(0.3), torch.tensor(1))
+
+
+def test_cosent_memory_is_linear_in_n():
+    """n = 20000 pairs: an n x n float64 matrix would need 3.2 GB; the sorted running sum does not build it."""
+    g = torch.Generator().manual_seed(6)
+    cos = torch.rand(20_000, generator=g, dtype=torch.float64) * 2 - 1
+    labels = torch.randint(0, 2, (20_000,), generator=g)
+    loss = float(cosent_loss(cos, labels, scale=5.0))
+    pos, neg = cos[labels == 1], cos[labels == 0]  # binary labels: the double sum factors exactly
+    expect = math.log1p(float(torch.exp(5.0 * neg).sum() * torch.exp(-5.0 * pos).sum()))
+    assert loss == pytest.approx(expect, rel=1e-10)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cosent_cuda_matches_cpu():
     g = torch.Generator().manual_seed(3)
