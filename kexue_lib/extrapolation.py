@@ -124,6 +124,13 @@ def loss_by_length(model: nn.Module, chain: torch.Tensor, lengths, *, kind: str 
     the held-out data depend only on ``seed`` and the length, so every model is scored on the same sequences
     (with ``objective="mlm"``, the same masks too)."""
     _check_objective(objective, kind)
+    return _by_length(model, chain, lengths, kind, batch, seed,
+                      lambda x, g: _objective_loss(model, x, kind, objective, mask_rate, g, chain.shape[0]))
+
+
+def _by_length(model, chain, lengths, kind, batch, seed, score) -> dict:
+    """``{n: float(score(x, g))}`` with no gradients, ``x`` the held-out ``kind`` batch of length ``n`` drawn from
+    generator ``g``, seeded by ``seed`` and ``n`` only (so every model and metric sees the same sequences)."""
     lengths = [check_int("length", n, min_value=4) for n in lengths]
     if not lengths:
         raise ValueError("lengths must not be empty")
@@ -133,7 +140,7 @@ def loss_by_length(model: nn.Module, chain: torch.Tensor, lengths, *, kind: str 
         for n in lengths:
             g = torch.Generator().manual_seed(50_000 + 1000 * seed + n)
             x = sample_language(chain, kind, batch, n, generator=g).to(device)
-            out[n] = float(_objective_loss(model, x, kind, objective, mask_rate, g, chain.shape[0]))
+            out[n] = float(score(x, g))
     return out
 
 
@@ -226,14 +233,4 @@ def accuracy_by_length(model: nn.Module, chain: torch.Tensor, lengths, *, kind: 
                        seed: int = 0) -> dict:
     """``{length: held-out next-token accuracy}`` of ``model`` (no gradients), on the very sequences that
     :func:`loss_by_length` scores for the same ``kind``, ``batch`` and ``seed``."""
-    lengths = [check_int("length", n, min_value=4) for n in lengths]
-    if not lengths:
-        raise ValueError("lengths must not be empty")
-    device = next(model.parameters()).device
-    out = {}
-    with torch.no_grad():
-        for n in lengths:
-            g = torch.Generator().manual_seed(50_000 + 1000 * seed + n)  # the held-out seeds of loss_by_length
-            x = sample_language(chain, kind, batch, n, generator=g).to(device)
-            out[n] = float(lm_accuracy(model, x, kind))
-    return out
+    return _by_length(model, chain, lengths, kind, batch, seed, lambda x, g: lm_accuracy(model, x, kind))
